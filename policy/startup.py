@@ -1,0 +1,144 @@
+"""Which startup parameters a client may pass to the upstream server.
+
+Pure. The client's StartupMessage carries settings (`-c name=value` inside
+`options`, or a setting sent as its own parameter). Each one passes only when
+it is on the allow-list of harmless settings; a setting that could lift the
+scope (read-only, identity, replication role) or that pgwarden does not know
+refuses the connection with a message naming it (fail closed).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Parameters that are part of the protocol, not settings.
+PROTOCOL_PARAMS = frozenset({"user", "database", "options", "replication"})
+
+# Settings that lift read-only, change identity or bypass triggers: never.
+GUARDED = frozenset({
+    "default_transaction_read_only", "transaction_read_only", "session_replication_role",
+    "role", "session_authorization", "is_superuser", "default_transaction_deferrable_override",
+    "allow_system_table_mods", "ignore_system_indexes", "zero_damaged_pages", "log_statement",
+    "log_min_duration_statement", "session_preload_libraries", "local_preload_libraries",
+    "row_security", "default_tablespace", "temp_tablespaces",
+})
+
+# Settings a client may set at startup in every scope.
+ALLOWED = frozenset({
+    "application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits",
+    "intervalstyle", "search_path", "statement_timeout", "lock_timeout",
+    "idle_in_transaction_session_timeout", "idle_session_timeout", "bytea_output",
+    "standard_conforming_strings", "client_min_messages", "geqo", "jit", "work_mem",
+    "maintenance_work_mem", "default_transaction_isolation", "default_transaction_deferrable",
+    "lc_monetary", "lc_numeric", "lc_time", "xmloption", "random_page_cost", "seq_page_cost",
+    "cpu_tuple_cost", "effective_cache_size", "cursor_tuple_fraction", "from_collapse_limit",
+    "join_collapse_limit", "plan_cache_mode", "array_nulls", "backslash_quote",
+    "escape_string_warning", "quote_all_identifiers", "transform_null_equals",
+    "gin_fuzzy_search_limit", "default_toast_compression", "check_function_bodies",
+    "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout",
+    "default_statistics_target", "max_parallel_workers_per_gather", "parallel_setup_cost",
+    "parallel_tuple_cost", "temp_buffers", "hash_mem_multiplier", "geqo_threshold",
+    "constraint_exclusion", "synchronous_commit", "vacuum_cost_delay", "trace_notify",
+})
+ALLOWED_PREFIXES = ("enable_",)
+
+
+class StartupRefused(ValueError):
+    """The connection is refused; str() names the setting and why (sent as FATAL 28000/42501)."""
+
+
+def split_options(options: str) -> list[str]:
+    """Split `options` the way PostgreSQL's pg_split_opts does: spaces separate, backslash escapes."""
+    args: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(options)
+    in_arg = False
+    while i < n:
+        ch = options[i]
+        if ch.isspace():
+            if in_arg:
+                args.append("".join(cur))
+                cur, in_arg = [], False
+        elif ch == "\\" and i + 1 < n:
+            cur.append(options[i + 1])
+            in_arg = True
+            i += 1
+        else:
+            cur.append(ch)
+            in_arg = True
+        i += 1
+    if in_arg:
+        args.append("".join(cur))
+    return args
+
+
+def parse_options(options: str) -> list[tuple[str, str]]:
+    """`-c a=b`, `-ca=b` and `--a=b` into (name, value); anything else is refused."""
+    out = []
+    args = split_options(options)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-c":
+            if i + 1 >= len(args):
+                raise StartupRefused("options: -c without a setting")
+            a = args[i + 1]
+            i += 1
+        elif a.startswith("-c"):
+            a = a[2:]
+        elif a.startswith("--"):
+            a = a[2:]
+        else:
+            raise StartupRefused(f"options: {a!r} is not allowed through pgwarden (only -c name=value)")
+        if "=" not in a:
+            raise StartupRefused(f"options: {a!r} has no value (expected name=value)")
+        name, value = a.split("=", 1)
+        out.append((name.replace("-", "_"), value))
+        i += 1
+    return out
+
+
+_IDENT = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
+
+
+def _search_path_ok(value: str) -> bool:
+    """pg_catalog may be listed only first: after another schema, a user function could shadow a built-in."""
+    items = [m.group(1).strip() for m in _IDENT.finditer(value) if m.group(1).strip()]
+    names = [i[1:-1].replace('""', '"') if i.startswith('"') else i.lower() for i in items]
+    return "pg_catalog" not in names or names[0] == "pg_catalog"
+
+
+def check_setting(name: str, value: str) -> str | None:
+    """None when the setting may pass; otherwise the reason it may not."""
+    key = name.lower()
+    if key in GUARDED:
+        return f"setting {name} cannot be changed through pgwarden"
+    if key == "search_path" and not _search_path_ok(value):
+        return "search_path may list pg_catalog only first"
+    if key in ALLOWED or key.startswith(ALLOWED_PREFIXES):
+        return None
+    return f"setting {name} is not on pgwarden's list of settings a client may pass"
+
+
+def filter_startup(params: dict[str, str]) -> dict[str, str]:
+    """The settings (name -> value) to pass upstream, user/database excluded; raises StartupRefused."""
+    settings: dict[str, str] = {}
+    for name, value in params.items():
+        if name in ("user", "database"):
+            continue
+        if name == "replication":
+            if value.lower() not in ("false", "off", "0", "no"):
+                raise StartupRefused("replication connections are not allowed through pgwarden")
+            continue
+        if name.startswith("_pq_."):
+            continue                      # protocol extensions: answered by NegotiateProtocolVersion
+        if name == "options":
+            pairs = parse_options(value)
+        else:
+            pairs = [(name, value)]
+        for n, v in pairs:
+            reason = check_setting(n, v)
+            if reason:
+                raise StartupRefused(reason)
+            settings[n] = v
+    return settings

@@ -1,0 +1,471 @@
+"""One client session: startup, token authentication, upstream login, relay.
+
+ClientConn is the asyncio.Protocol for the client socket and owns the
+session's whole life, readable top to bottom:
+
+  STARTUP   SSLRequest / direct TLS / GSSENCRequest / CancelRequest / StartupMessage
+  AUTH      AuthenticationCleartextPassword sent; the PasswordMessage carries the token
+  CONNECTING  token verified; logging in upstream as the scope's role. Client bytes
+            that arrive meanwhile are held (bounded), never dropped
+  RELAY     client messages framed and checked, forwarded in bulk; server bytes
+            forwarded as received
+  CLOSED
+
+Rules:
+- pgwarden answers nothing on the client's behalf after RELAY starts except
+  its own errors; everything else is the server's.
+- Every refusal is a FATAL ErrorResponse that says which check failed; the
+  token is never echoed.
+- One transport.write per data_received in each direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import socket
+import ssl
+import time
+
+import structlog
+
+from policy import tokens
+from policy.startup import StartupRefused, filter_startup
+
+from ..wire import constants as c
+from ..wire import decode, encode
+from ..wire.errors import ClientProtocolError, ProtocolError, ServerProtocolError
+from ..wire.framing import NEED_DATA, FrameScanner
+from .tls import MemoryTLS
+from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
+
+log = structlog.get_logger("pgwarden.session")
+
+STARTUP, AUTH, CONNECTING, RELAY, CLOSED = "STARTUP", "AUTH", "CONNECTING", "RELAY", "CLOSED"
+
+HOLD_LIMIT = 1 << 20          # bytes held from the client while the upstream logs in before pausing reads
+APP_NAME_MAX = 63             # NAMEDATALEN - 1
+
+
+class ClientConn(asyncio.Protocol):
+    __slots__ = (
+        "server", "cfg", "loop", "transport", "peer", "loopback", "phase", "tls", "scanner", "log",
+        "startup_timer", "params", "user", "database", "claims", "scope", "upstream", "up_transport",
+        "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
+        "started_at", "closing", "_seen_first_byte",
+    )
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.cfg = server.config
+        self.loop = server.loop
+        self.transport = None
+        self.peer = None
+        self.loopback = False
+        self.phase = STARTUP
+        self.tls: MemoryTLS | None = None
+        self.scanner = FrameScanner(self.cfg.max_message_size, ClientProtocolError)
+        self.log = log
+        self.startup_timer = None
+        self.params: dict[str, str] = {}
+        self.user = self.database = None
+        self.claims = None
+        self.scope = None
+        self.upstream = None
+        self.up_transport = None
+        self.up_pid = self.up_key = 0
+        self.pid = self.key = 0
+        self.reading_paused = False
+        self.up_reading_paused = False
+        self.connect_task = None
+        self.started_at = time.time()
+        self.closing = False
+        self._seen_first_byte = False
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        self.loopback = _is_loopback(peer)
+        self.log = log.bind(peer=self.peer)
+        self.startup_timer = self.loop.call_later(self.cfg.startup_timeout, self._on_startup_timeout)
+        self.server.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == CLOSED:
+            return
+        try:
+            if self.tls is None and not self._seen_first_byte and data:
+                self._seen_first_byte = True
+                if data[0] == c.TLS_HANDSHAKE_BYTE:
+                    self._start_tls(direct=True)
+            if self.tls is not None:
+                try:
+                    data, out = self.tls.receive(data)
+                except ssl.SSLError as e:
+                    self.log.info("tls_failed", reason=str(e))
+                    self._abort()
+                    return
+                if out:
+                    self.transport.write(out)
+                if not data:
+                    return
+            self.scanner.feed(data)
+            self._process()
+            self.scanner.compact()
+        except _Stop:
+            return
+        except ProtocolError as e:
+            self.log.warning("protocol_violation", reason=e.message, phase=self.phase)
+            self.fatal(e.sqlstate, e.message if isinstance(e, ClientProtocolError)
+                       else f"upstream protocol error: {e.message}")
+        except Exception:
+            self.log.exception("internal_error", phase=self.phase)
+            self.fatal(c.SQLSTATE_INTERNAL_ERROR, "pgwarden internal error; the session was closed")
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.phase != CLOSED and self.phase == RELAY:
+            self.log.info("session_end", reason="client closed", duration=round(time.time() - self.started_at, 3))
+        self._teardown()
+
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading the server so nothing piles up here.
+        if self.up_transport is not None and not self.up_reading_paused:
+            self.up_reading_paused = True
+            self.up_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up_transport is not None and self.up_reading_paused:
+            self.up_reading_paused = False
+            self.up_transport.resume_reading()
+
+    # called by UpstreamProtocol
+    def pause_client_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ phases
+
+    def _process(self) -> None:
+        scanner = self.scanner
+        while self.phase == STARTUP:
+            frame = scanner.next_startup_packet()
+            if frame is NEED_DATA:
+                return
+            pkt = decode.decode_startup(scanner.buf, *frame)
+            self._on_client_startup_packet(pkt)
+        if self.phase == AUTH:
+            frame = scanner.next_frame()
+            if frame is NEED_DATA:
+                return
+            mtype, start, end = frame
+            if mtype != c.PqMsg_PasswordMessage:
+                raise ClientProtocolError(f"expected a password message, got message type {chr(mtype)!r}")
+            self._on_client_password(decode.decode_password(scanner.buf, start, end))
+        if self.phase == CONNECTING:
+            if scanner.buffered > HOLD_LIMIT:
+                self.pause_client_reading()
+            return
+        if self.phase == RELAY:
+            self._relay()
+
+    def _on_client_startup_packet(self, pkt: decode.StartupPacket) -> None:
+        if pkt.code == c.SSL_REQUEST_CODE:
+            if self.tls is not None:
+                raise ClientProtocolError("SSLRequest received inside TLS")
+            if self.server.tls_context is None:
+                self.transport.write(encode.SSL_REFUSE)
+                return
+            if self.scanner.buffered:
+                # Bytes sent before the handshake could have been injected by a man in the
+                # middle and would be read as if they had been encrypted (CVE-2021-23214).
+                raise ClientProtocolError("received unencrypted data after SSL request")
+            self.transport.write(encode.SSL_ACCEPT)
+            self._start_tls(direct=False)
+            return
+        if pkt.code == c.GSSENC_REQUEST_CODE:
+            self.transport.write(encode.SSL_REFUSE)        # 'N': GSSAPI encryption not offered
+            return
+        if pkt.code == c.CANCEL_REQUEST_CODE:
+            self._on_client_cancel(pkt.cancel_pid, pkt.cancel_key)
+            return
+        self._on_client_startup(pkt)
+
+    def _start_tls(self, *, direct: bool) -> None:
+        if self.server.tls_context is None:
+            self.log.info("tls_refused", reason="direct TLS attempted but TLS is not configured")
+            self._abort()
+            raise _Stop
+        self.tls = MemoryTLS(self.server.tls_context, direct=direct)
+
+    def _on_client_cancel(self, pid: int, key: int) -> None:
+        # Accepted without TLS even where sessions require it, as PostgreSQL does:
+        # the key is the secret. A wrong key is dropped silently.
+        target = self.server.cancel_keys.get((pid, key))
+        self.phase = CLOSED
+        self._cancel_startup_timer()
+        self.transport.close()
+        if target is not None:
+            target.cancel_upstream()
+
+    def _on_client_startup(self, pkt: decode.StartupPacket) -> None:
+        if not self._tls_ok():
+            self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION,
+                       f"pgwarden requires TLS for connections from {self.peer}: connect with sslmode=require")
+            return
+        self.params = pkt.params
+        self.user = pkt.params.get("user")
+        if not self.user:
+            self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION, "no user name in the startup packet")
+            return
+        self.database = pkt.params.get("database") or self.user
+        unrecognized = [k for k in pkt.params if k.startswith("_pq_.")]
+        if pkt.minor > 0 or unrecognized:
+            self.transport_write(encode.negotiate_protocol_version(0, unrecognized))
+        self.log = self.log.bind(user=self.user, database=self.database)
+        self.phase = AUTH
+        self.transport_write(encode.AUTH_CLEARTEXT)
+
+    def _tls_ok(self) -> bool:
+        if self.tls is not None:
+            return True
+        mode = self.cfg.require_tls
+        return mode == "never" or (mode == "off-loopback" and self.loopback)
+
+    def _on_client_password(self, token: str) -> None:
+        try:
+            claims = tokens.verify(token, self.server.public_keys, now=time.time(), audience=self.cfg.audience,
+                                   user=self.user, database=self.database)
+        except tokens.TokenError as e:
+            self.log.info("auth_refused", check=e.check, reason=e.message)
+            self.fatal(e.sqlstate, f"pgwarden: {e.message}")
+            return
+        scope = self.cfg.scopes.get(claims.scope)
+        if scope is None:
+            self.log.info("auth_refused", check="scope", scope=claims.scope)
+            self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION,
+                       f"pgwarden: scope {claims.scope!r} of grant {claims.jti} is not configured on this proxy")
+            return
+        updb = self.cfg.upstream.upstream_database(claims.db)
+        if updb is None:
+            self.fatal("3D000", f"pgwarden: database {claims.db!r} is not served by this proxy")
+            return
+        try:
+            settings = filter_startup(self.params)
+        except StartupRefused as e:
+            self.log.info("auth_refused", check="startup_parameter", reason=str(e))
+            self.fatal(c.SQLSTATE_INSUFFICIENT_PRIVILEGE, f"pgwarden: {e}")
+            return
+        app = self.params.get("application_name", "")
+        settings["application_name"] = _tag_app_name(app, claims.sub, claims.jti)
+        if scope.read_only:
+            settings["default_transaction_read_only"] = "on"
+        self.claims, self.scope = claims, scope
+        self.log = self.log.bind(grant=claims.jti, scope=claims.scope)
+        self.phase = CONNECTING
+        self.connect_task = self.loop.create_task(self._connect_upstream(updb, settings, app))
+
+    async def _connect_upstream(self, updb: str, settings: dict[str, str], client_app: str) -> None:
+        scope = self.scope
+        try:
+            result = await asyncio.wait_for(
+                open_and_login(self.cfg.upstream, database=updb, role=scope.role, password=scope.password,
+                               settings=settings),
+                self.cfg.connect_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning("upstream_timeout", timeout=self.cfg.connect_timeout)
+            self.fatal(c.SQLSTATE_CONNECTION_FAILURE,
+                       f"pgwarden: upstream did not complete the login within {self.cfg.connect_timeout:g} s")
+            return
+        except UpstreamError as e:
+            self.log.warning("upstream_login_failed", reason=e.message)
+            self.fatal(e.sqlstate, f"pgwarden: {e.message}", detail=e.detail)
+            return
+        except (ProtocolError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as e:
+            self.log.warning("upstream_login_failed", reason=str(e))
+            self.fatal(c.SQLSTATE_CONNECTION_FAILURE, f"pgwarden: upstream login failed: {e}")
+            return
+        if self.phase == CLOSED:
+            result.writer.transport.abort()
+            return
+        self._cancel_startup_timer()
+        transport = result.writer.transport
+        # Keep the StreamWriter alive: its __del__ closes the transport it wrapped.
+        self.upstream = result
+        proto = UpstreamProtocol(self)
+        proto.transport = transport
+        leftover = bytes(result.reader._buffer)      # anything the server sent after ReadyForQuery
+        transport.set_protocol(proto)
+        self.up_transport = transport
+        self.up_pid, self.up_key = result.backend_pid, result.backend_key
+        self.pid, self.key = self.server.new_cancel_key(self)
+        out = [encode.AUTH_OK]
+        for name, value in result.parameters:
+            if name == "application_name":
+                value = client_app            # the client sees its own name; pg_stat_activity sees the tag
+            out.append(encode.parameter_status(name, value))
+        out.append(encode.backend_key_data(self.pid, self.key))
+        out.extend(result.notices)
+        out.append(encode.READY_IDLE)
+        self.transport_write(b"".join(out))
+        self.phase = RELAY
+        self.log.info("session_start", upstream_pid=self.up_pid, tls=self.tls is not None,
+                      upstream_tls=result.tls_version)
+        if leftover:
+            self.on_server_data(leftover)
+        self.resume_client_reading()
+        try:
+            self._relay()
+            self.scanner.compact()
+        except ProtocolError as e:
+            self.fatal(e.sqlstate, e.message)
+
+    # ------------------------------------------------------------------ relay
+
+    def _relay(self) -> None:
+        """Frame what the client sent and forward every whole message in one write."""
+        scanner = self.scanner
+        buf = scanner.buf
+        first = scanner.pos
+        last = first
+        terminate = False
+        while True:
+            frame = scanner.next_frame()
+            if frame is NEED_DATA:
+                break
+            mtype, start, end = frame
+            if mtype == c.PqMsg_Query:
+                decode.decode_query(buf, start, end)         # NUL inside the text: protocol violation
+            elif mtype == c.PqMsg_FunctionCall:
+                if last > first:
+                    self.up_transport.write(bytes(buf[first:last]))
+                self.fatal(c.SQLSTATE_INSUFFICIENT_PRIVILEGE,
+                           "pgwarden: the fast-path FunctionCall message is not allowed (admin class)")
+                return
+            elif mtype not in c.FRONTEND_TYPES:
+                raise ClientProtocolError(f"unknown message type {chr(mtype)!r} from client")
+            last = end
+            if mtype == c.PqMsg_Terminate:
+                terminate = True
+                break
+        if last > first:
+            self.up_transport.write(bytes(buf[first:last]))
+        if terminate:
+            self.closing = True
+
+    def on_server_data(self, data: bytes) -> None:
+        if self.phase == CLOSED:
+            return
+        self.transport_write(data)
+
+    def on_upstream_lost(self, exc) -> None:
+        if self.phase == CLOSED:
+            return
+        if self.closing:
+            self.log.info("session_end", reason="client terminated",
+                          duration=round(time.time() - self.started_at, 3))
+            self._close()
+            return
+        self.log.warning("upstream_lost", reason=str(exc) if exc else "closed by server")
+        self.fatal(c.SQLSTATE_CONNECTION_FAILURE, "pgwarden: the upstream server closed the connection")
+
+    def cancel_upstream(self) -> None:
+        if self.up_pid and self.phase == RELAY:
+            task = self.loop.create_task(send_cancel(self.cfg.upstream, self.up_pid, self.up_key))
+            self.server.track(task)
+            self.log.info("cancel_forwarded", upstream_pid=self.up_pid)
+
+    # ------------------------------------------------------------------ egress and teardown
+
+    def transport_write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.tls is not None:
+            data = self.tls.send(data)
+        self.transport.write(data)
+
+    def fatal(self, sqlstate: str, message: str, *, detail: str | None = None) -> None:
+        if self.phase == CLOSED:
+            return
+        self.transport_write(encode.fatal(sqlstate, message, detail=detail))
+        self._close()
+
+    def shutdown(self, message: str) -> None:
+        self.fatal(c.SQLSTATE_ADMIN_SHUTDOWN, message)
+
+    def _on_startup_timeout(self) -> None:
+        if self.phase in (STARTUP, AUTH, CONNECTING):
+            self.log.info("startup_timeout", phase=self.phase)
+            self.fatal(c.SQLSTATE_CONNECTION_FAILURE,
+                       f"pgwarden: startup not completed within {self.cfg.startup_timeout:g} s")
+
+    def _cancel_startup_timer(self) -> None:
+        if self.startup_timer is not None:
+            self.startup_timer.cancel()
+            self.startup_timer = None
+
+    def _close(self) -> None:
+        self.phase = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+        self._teardown()
+
+    def _abort(self) -> None:
+        self.phase = CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self.phase = CLOSED
+        self._cancel_startup_timer()
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        if self.up_transport is not None:
+            if not self.up_transport.is_closing():
+                try:
+                    self.up_transport.write(encode.TERMINATE)
+                except Exception:
+                    pass
+                self.up_transport.close()
+            self.up_transport = None
+        self.server.forget(self)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _is_loopback(peer) -> bool:
+    if not isinstance(peer, tuple):
+        return True                      # unix socket
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _tag_app_name(app: str, sub: str, grant: str) -> str:
+    tag = f"pgwarden:{sub}:{grant[:12]}"
+    name = f"{app} ({tag})" if app else tag
+    raw = name.encode()
+    if len(raw) <= APP_NAME_MAX:
+        return name
+    keep = APP_NAME_MAX - len(tag.encode()) - 3
+    return raw[:max(keep, 0)].decode("utf-8", "ignore") + f" ({tag})"

@@ -1,0 +1,102 @@
+"""Listener, session registry, cancel keys, signals and staged shutdown.
+
+The server owns what sessions share: the configuration, the token public
+keys, the TLS context and the map from pgwarden's own backend keys to live
+sessions (for CancelRequest). uvloop is used when importable; the default
+loop keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+
+import structlog
+
+from ..config import Config
+from ..keys import load_public_keys
+from .client_conn import ClientConn
+from .tls import server_context
+
+log = structlog.get_logger("pgwarden.server")
+
+
+class ProxyServer:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.loop = loop or asyncio.get_running_loop()
+        self.public_keys = load_public_keys(config.public_keys)
+        self.tls_context = server_context(config.tls_cert, config.tls_key) if config.tls_enabled else None
+        self.sessions: set[ClientConn] = set()
+        self.cancel_keys: dict[tuple[int, int], ClientConn] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._server = await self.loop.create_server(
+            lambda: ClientConn(self), cfg.listen_host, cfg.listen_port,
+            reuse_port=cfg.workers > 1 or None, backlog=1024)
+        socks = self._server.sockets
+        self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
+        log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)
+
+    def new_cancel_key(self, session: ClientConn) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbelow(2**31 - 1) + 1
+            key = secrets.randbits(32)
+            if (pid, key) not in self.cancel_keys:
+                self.cancel_keys[(pid, key)] = session
+                return pid, key
+
+    def forget(self, session: ClientConn) -> None:
+        self.sessions.discard(session)
+        if session.pid:
+            self.cancel_keys.pop((session.pid, session.key), None)
+
+    def track(self, task: asyncio.Task) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def shutdown(self, drain: float = 0.0) -> None:
+        """Stop accepting, let sessions finish until the drain deadline, then cut them."""
+        if self._server is not None:
+            self._server.close()
+        deadline = self.loop.time() + drain
+        while self.sessions and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions):
+            s.shutdown("pgwarden is shutting down")
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=2)
+        self.stopped.set()
+
+
+async def serve(config: Config, *, ready=None) -> None:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer(config, loop)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    log.info("shutting_down", sessions=len(server.sessions))
+    await server.shutdown(drain=0.0)
+
+
+def run(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:                      # the default loop must keep working
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(serve(config))
+    else:
+        asyncio.run(serve(config))
