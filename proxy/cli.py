@@ -109,7 +109,7 @@ def cmd_keygen(args) -> int:
 
     try:
         kp = generate_keypair(Path(args.dir), args.kid)
-    except (FileExistsError, OSError) as e:
+    except (FileExistsError, OSError, ValueError) as e:
         raise CLIError(str(e)) from None
     print(f"kid:         {kp.kid}\nprivate key: {kp.private_path}  (keep on the issuing side only)\n"
           f"public key:  {kp.public_path}  (list under [tokens.public_keys] in pgwarden.toml)")
