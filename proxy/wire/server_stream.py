@@ -1,0 +1,104 @@
+"""Scan the server->client stream by message headers, forwarding bytes in bulk.
+
+Sans-I/O. feed(chunk) returns the bytes to send to the client: the chunk
+itself, untouched, unless an ErrorResponse was rewritten (PgBouncer's sbuf:
+look at headers, forward ranges). It tracks what pgwarden needs:
+
+- ReadyForQuery and its transaction status byte ('I', 'T', 'E'),
+- ErrorResponses, which are held until whole when a rewrite hook is set, so
+  that a denial substituted upstream can be turned into pgwarden's own 42501
+  error before the client sees it.
+
+Only an ErrorResponse being held is ever copied.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from .constants import PqMsg_ErrorResponse, PqMsg_ReadyForQuery
+from .errors import ServerProtocolError
+
+_HDR = struct.Struct("!Bi")
+MAX_ERROR_SIZE = 1 << 20
+
+
+class ServerStream:
+    __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "on_error", "ready_count")
+
+    def __init__(self, on_error: Callable[[bytes], bytes | None] | None = None) -> None:
+        self.remaining = 0              # bytes of the current message body not yet seen
+        self.header = b""               # a header split across chunks
+        self.cur_type = 0               # type of the message whose body is in progress
+        self.held: bytearray | None = None   # an ErrorResponse being collected (whole message)
+        self.txn_status = b"I"
+        self.on_error = on_error        # ErrorResponse body -> replacement message, or None to keep
+        self.ready_count = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.header:
+            data = self.header + bytes(data)
+            self.header = b""
+        n = len(data)
+        pos = 0
+        out = None                      # stays None while the chunk goes out untouched
+        start = 0                       # first byte not yet copied into out
+        if self.remaining:
+            take = min(self.remaining, n)
+            if self.held is not None:
+                self.held += data[:take]
+            elif self.cur_type == PqMsg_ReadyForQuery:
+                self.txn_status = data[0:1]
+            self.remaining -= take
+            pos = take
+            if self.held is not None:
+                out = bytearray()
+                start = pos
+                if self.remaining:
+                    return bytes(out)
+                out += self._release_error()
+        while pos < n:
+            if n - pos < 5:
+                self.header = bytes(data[pos:])
+                if out is None:
+                    return data[:pos] if pos else b""
+                out += data[start:pos]
+                return bytes(out)
+            mtype, length = _HDR.unpack_from(data, pos)
+            if length < 4:
+                raise ServerProtocolError(f"server sent a message of invalid length {length}")
+            end = pos + 1 + length
+            if mtype == PqMsg_ReadyForQuery:
+                self.ready_count += 1
+                if pos + 5 < n:
+                    self.txn_status = data[pos + 5:pos + 6]
+            elif mtype == PqMsg_ErrorResponse and self.on_error is not None:
+                if length > MAX_ERROR_SIZE:
+                    raise ServerProtocolError("server sent an oversized ErrorResponse")
+                if out is None:
+                    out = bytearray()
+                out += data[start:pos]
+                self.held = bytearray(data[pos:min(end, n)])
+                if end > n:
+                    self.remaining = end - n
+                    self.cur_type = mtype
+                    return bytes(out)
+                out += self._release_error()
+                pos = start = end
+                continue
+            if end > n:
+                self.remaining = end - n
+                self.cur_type = mtype
+                break
+            pos = end
+        if out is None:
+            return data
+        out += data[start:]
+        return bytes(out)
+
+    def _release_error(self) -> bytes:
+        msg = bytes(self.held)
+        self.held = None
+        replacement = self.on_error(msg[5:]) if self.on_error is not None else None
+        return msg if replacement is None else replacement
