@@ -108,11 +108,18 @@ def _search_path_ok(value: str) -> bool:
     return "pg_catalog" not in names or names[0] == "pg_catalog"
 
 
+def is_utf8(encoding: str) -> bool:
+    return encoding.strip().strip("'\"").lower().replace("-", "").replace("_", "") in ("utf8", "unicode")
+
+
 def check_setting(name: str, value: str) -> str | None:
     """None when the setting may pass; otherwise the reason it may not."""
     key = name.lower()
     if key in GUARDED:
         return f"setting {name} cannot be changed through pgwarden"
+    if key == "client_encoding" and not is_utf8(value):
+        return (f"client_encoding {value} is not supported through pgwarden: statements are checked as "
+                "UTF-8 text, so the client must use UTF8")
     if key == "search_path" and not _search_path_ok(value):
         return "search_path may list pg_catalog only first"
     if key in ALLOWED or key.startswith(ALLOWED_PREFIXES):

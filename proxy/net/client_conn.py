@@ -37,6 +37,8 @@ from ..wire import constants as c
 from ..wire import decode, encode
 from ..wire.errors import ClientProtocolError, ProtocolError, ServerProtocolError
 from ..wire.framing import NEED_DATA, FrameScanner
+from ..session.enforce import Enforcer
+from ..wire.server_stream import ServerStream
 from .tls import MemoryTLS
 from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
 
@@ -53,7 +55,8 @@ class ClientConn(asyncio.Protocol):
         "server", "cfg", "loop", "transport", "peer", "loopback", "phase", "tls", "scanner", "log",
         "startup_timer", "params", "user", "database", "claims", "scope", "upstream", "up_transport",
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
-        "started_at", "closing", "_seen_first_byte",
+        "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
+        "sync_points",
     )
 
     def __init__(self, server) -> None:
@@ -82,6 +85,11 @@ class ClientConn(asyncio.Protocol):
         self.started_at = time.time()
         self.closing = False
         self._seen_first_byte = False
+        self.enforcer = Enforcer()
+        self.waiting: str | None = None          # statement text being classified off the loop
+        self.sql_prepared: dict[str, str] = {}   # SQL-level PREPARE name -> statement class
+        self.stream = ServerStream(self.enforcer.rewrite_error)
+        self.sync_points = 0                     # Query/Sync/FunctionCall sent: each earns one ReadyForQuery
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -183,6 +191,10 @@ class ClientConn(asyncio.Protocol):
                 self.pause_client_reading()
             return
         if self.phase == RELAY:
+            if self.waiting is not None:
+                if scanner.buffered > HOLD_LIMIT:
+                    self.pause_client_reading()
+                return
             self._relay()
 
     def _on_client_startup_packet(self, pkt: decode.StartupPacket) -> None:
@@ -339,40 +351,112 @@ class ClientConn(asyncio.Protocol):
     # ------------------------------------------------------------------ relay
 
     def _relay(self) -> None:
-        """Frame what the client sent and forward every whole message in one write."""
+        """Frame what the client sent, judge what policy must judge, forward in one write.
+
+        Whole messages are forwarded as byte ranges of the receive buffer; a denied
+        message is replaced in place by the Enforcer's substitute. When a statement
+        needs classifying off the event loop, the frame is left unread, everything
+        before it is sent, and _relay runs again once the verdict is in.
+        """
         scanner = self.scanner
         buf = scanner.buf
         first = scanner.pos
-        last = first
+        pieces: list = []
         terminate = False
-        while True:
+        gate = self.server.gate
+        enforcer = self.enforcer
+        while self.waiting is None:
             frame = scanner.next_frame()
             if frame is NEED_DATA:
                 break
             mtype, start, end = frame
-            if mtype == c.PqMsg_Query:
-                decode.decode_query(buf, start, end)         # NUL inside the text: protocol violation
+            sub = None
+            if mtype == c.PqMsg_Query or mtype == c.PqMsg_Parse:
+                if mtype == c.PqMsg_Query:
+                    name, text = None, decode.decode_query(buf, start, end)
+                else:
+                    p = decode.decode_parse(buf, start, end)
+                    name, text = p.name, p.query
+                verdict = gate.judge(text, self)
+                if verdict is None:                      # classifying off the loop: resume later
+                    scanner.pos = start - 5
+                    self.waiting = text
+                    break
+                if verdict.allowed:
+                    self.apply_effects(verdict)
+                    if name is not None:
+                        enforcer.allowed_parse(name)
+                else:
+                    self.log.info("statement_denied", rule=verdict.rule, statement_class=verdict.statement_class,
+                                  via="Query" if name is None else "Parse")
+                    sub = enforcer.deny_query(verdict.message) if name is None \
+                        else enforcer.deny_parse(name, verdict.message)
+            if mtype == c.PqMsg_Query or mtype == c.PqMsg_Sync or mtype == c.PqMsg_FunctionCall:
+                self.sync_points += 1
+            if mtype == c.PqMsg_Bind:
+                if enforcer.denied_statements:
+                    sub = enforcer.check_bind(decode.decode_bind_statement(buf, start, end))
+            elif mtype == c.PqMsg_Close:
+                kind, name = decode.decode_close(buf, start, end)
+                if kind == "S":
+                    enforcer.closed_statement(name)
             elif mtype == c.PqMsg_FunctionCall:
-                if last > first:
-                    self.up_transport.write(bytes(buf[first:last]))
-                self.fatal(c.SQLSTATE_INSUFFICIENT_PRIVILEGE,
-                           "pgwarden: the fast-path FunctionCall message is not allowed (admin class)")
-                return
+                self.log.info("statement_denied", rule="admin.function_call", via="FunctionCall")
+                sub = enforcer.deny_function_call(
+                    "pgwarden: the fast-path FunctionCall message is admin class and never allowed "
+                    "[rule admin.function_call]")
+            elif mtype == c.PqMsg_Terminate:
+                terminate = True
             elif mtype not in c.FRONTEND_TYPES:
                 raise ClientProtocolError(f"unknown message type {chr(mtype)!r} from client")
-            last = end
-            if mtype == c.PqMsg_Terminate:
-                terminate = True
+            if sub is not None:
+                pieces.append(buf[first:start - 5])
+                pieces.append(sub)
+                first = end
+            if terminate:
                 break
+        last = scanner.pos
         if last > first:
-            self.up_transport.write(bytes(buf[first:last]))
+            pieces.append(buf[first:last])
+        if pieces:
+            self.up_transport.write(b"".join(pieces))
         if terminate:
             self.closing = True
+
+    def apply_effects(self, verdict) -> None:
+        """SQL-level PREPARE/DEALLOCATE: EXECUTE is judged as what its PREPARE was."""
+        for name in verdict.deallocates:
+            if name == "*":
+                self.sql_prepared.clear()
+            else:
+                self.sql_prepared.pop(name, None)
+        for name, cls in verdict.prepares:
+            self.sql_prepared[name] = cls
+
+    def on_verdict(self, text: str) -> None:
+        """The gate classified `text` off the loop (now in its cache): carry on relaying."""
+        if self.phase != RELAY or self.waiting != text:
+            return
+        self.waiting = None
+        try:
+            self._relay()
+            self.scanner.compact()
+        except ProtocolError as e:
+            self.fatal(e.sqlstate, e.message)
+        if self.waiting is None:
+            self.resume_client_reading()
 
     def on_server_data(self, data: bytes) -> None:
         if self.phase == CLOSED:
             return
-        self.transport_write(data)
+        try:
+            data = self.stream.feed(data)
+        except ProtocolError as e:
+            self.log.warning("upstream_protocol_violation", reason=e.message)
+            self.fatal(e.sqlstate, f"pgwarden: upstream protocol error: {e.message}")
+            return
+        if data:
+            self.transport_write(data)
 
     def on_upstream_lost(self, exc) -> None:
         if self.phase == CLOSED:
@@ -432,7 +516,17 @@ class ClientConn(asyncio.Protocol):
             self.transport.abort()
         self._teardown()
 
+    @property
+    def busy(self) -> bool:
+        """The server owes ReadyForQuery for something sent: a statement may be running."""
+        return self.sync_points > self.stream.ready_count
+
     def _teardown(self) -> None:
+        if self.phase == RELAY and self.up_transport is not None and not self.closing and self.busy:
+            # The client is gone mid-statement. Closing the socket alone does not stop a
+            # backend that is busy (pg_sleep, a long scan): it notices only when it next
+            # writes. Cancel first, as a client's Ctrl-C would.
+            self.cancel_upstream()
         self.phase = CLOSED
         self._cancel_startup_timer()
         if self.connect_task is not None and not self.connect_task.done():

@@ -17,6 +17,7 @@ import structlog
 from ..config import Config
 from ..keys import load_public_keys
 from .client_conn import ClientConn
+from .gate import PolicyGate, allow_all
 from .tls import server_context
 
 log = structlog.get_logger("pgwarden.server")
@@ -33,6 +34,7 @@ class ProxyServer:
         self.tasks: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
         self.stopped = asyncio.Event()
+        self.gate = PolicyGate(self.loop, allow_all)
 
     async def start(self) -> None:
         cfg = self.config

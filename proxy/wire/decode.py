@@ -164,3 +164,20 @@ def decode_backend_key_data(buf, start: int, end: int) -> tuple[int, int]:
 
 def decode_sasl_mechanisms(data: bytes) -> list[str]:
     return [m.decode("utf-8", "replace") for m in data.split(b"\x00") if m]
+
+
+def decode_bind_statement(buf, start: int, end: int) -> str:
+    """The prepared statement a Bind names (its second string)."""
+    portal_end = buf.find(b"\x00", start, end)
+    if portal_end < 0:
+        raise ClientProtocolError("Bind message: missing portal name terminator")
+    name, _ = _cstring(buf, portal_end + 1, end, ClientProtocolError, "Bind statement name")
+    return name
+
+
+def decode_close(buf, start: int, end: int) -> tuple[str, str]:
+    """Close: ('S' statement | 'P' portal, name)."""
+    if end - start < 2:
+        raise ClientProtocolError("Close message too short")
+    name, _ = _cstring(buf, start + 1, end, ClientProtocolError, "Close name")
+    return chr(buf[start]), name

@@ -1,0 +1,81 @@
+"""The proxy's door to policy: classify statements without stalling the event loop.
+
+Short text is classified inline (tens of microseconds, and cached by exact
+text). Long text goes to one worker thread created with a large stack:
+pglast converts its tree recursively and a deep expression can exhaust the
+8 MB main-thread stack and kill the whole process (STYLE.md §5, measured:
+`SELECT 1+1+...` of 30,000 terms). Text over the configured cap is denied
+without being parsed. While a statement is with the worker, its session
+holds its later messages; other sessions go on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import structlog
+
+from ..session.enforce import Verdict
+
+log = structlog.get_logger("pgwarden.gate")
+
+INLINE_LIMIT = 4096            # characters classified on the event loop
+WORKER_STACK = 512 << 20       # bytes of stack for the classification thread
+
+
+class PolicyGate:
+    def __init__(self, loop, judge, *, max_length: int = 65536) -> None:
+        """judge(text, scope_name, sql_prepared) -> Verdict; pure, may be slow, may not raise."""
+        self.loop = loop
+        self.judge_fn = judge
+        self.max_length = max_length
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: dict[tuple[str, str], Verdict] = {}
+        self._worker: threading.Thread | None = None
+
+    def judge(self, text: str, session) -> Verdict | None:
+        """The verdict now, or None: the session must wait for session.on_verdict(text)."""
+        scope = session.claims.scope
+        done = self._results.pop((scope, text), None)
+        if done is not None:
+            return done
+        if len(text) <= INLINE_LIMIT or len(text) > self.max_length:
+            return self._safe_judge(text, scope, session.sql_prepared)
+        self._start_worker()
+        self._jobs.put((text, scope, dict(session.sql_prepared), session))
+        return None
+
+    def _safe_judge(self, text: str, scope: str, prepared) -> Verdict:
+        try:
+            return self.judge_fn(text, scope, prepared)
+        except Exception as e:                      # fail closed
+            log.exception("classifier_error")
+            return Verdict(False, f"pgwarden: statement could not be classified ({type(e).__name__}); "
+                                  "denied [rule unparseable.internal]", "unparseable.internal", "unknown")
+
+    def _start_worker(self) -> None:
+        if self._worker is not None:
+            return
+        old = threading.stack_size()
+        threading.stack_size(WORKER_STACK)
+        try:
+            self._worker = threading.Thread(target=self._work, name="pgwarden-classify", daemon=True)
+            self._worker.start()
+        finally:
+            threading.stack_size(old)
+
+    def _work(self) -> None:
+        while True:
+            text, scope, prepared, session = self._jobs.get()
+            verdict = self._safe_judge(text, scope, prepared)
+            self.loop.call_soon_threadsafe(self._deliver, text, scope, verdict, session)
+
+    def _deliver(self, text: str, scope: str, verdict: Verdict, session) -> None:
+        self._results[(scope, text)] = verdict
+        session.on_verdict(text)
+        self._results.pop((scope, text), None)
+
+
+def allow_all(text: str, scope: str, prepared) -> Verdict:
+    return Verdict(True)
