@@ -230,9 +230,7 @@ class ClientConn(asyncio.Protocol):
         # Accepted without TLS even where sessions require it, as PostgreSQL does:
         # the key is the secret. A wrong key is dropped silently.
         target = self.server.cancel_keys.get((pid, key))
-        self.phase = CLOSED
-        self._cancel_startup_timer()
-        self.transport.close()
+        self._close()
         if target is not None:
             target.cancel_upstream()
 
@@ -326,7 +324,7 @@ class ClientConn(asyncio.Protocol):
         transport.set_protocol(proto)
         self.up_transport = transport
         self.up_pid, self.up_key = result.backend_pid, result.backend_key
-        self.pid, self.key = self.server.new_cancel_key(self)
+        self.pid, self.key = self.server.new_cancel_key(self, result.backend_pid)
         out = [encode.AUTH_OK]
         for name, value in result.parameters:
             if name == "application_name":
@@ -507,6 +505,10 @@ class ClientConn(asyncio.Protocol):
     def _close(self) -> None:
         self.phase = CLOSED
         if self.transport is not None:
+            if self.tls is not None and self.tls.handshake_done and not self.transport.is_closing():
+                # close_notify: without it libpq reports "unexpected eof" (its TLS cancel
+                # connection treats a bare close as an error).
+                self.transport.write(self.tls.close())
             self.transport.close()
         self._teardown()
 

@@ -45,9 +45,10 @@ class ProxyServer:
         self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
         log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)
 
-    def new_cancel_key(self, session: ClientConn) -> tuple[int, int]:
+    def new_cancel_key(self, session: ClientConn, pid: int) -> tuple[int, int]:
+        """The client sees the upstream's pid (pg_backend_pid() and notifications carry it, and
+        clients compare them) with a secret key of pgwarden's own."""
         while True:
-            pid = secrets.randbelow(2**31 - 1) + 1
             key = secrets.randbits(32)
             if (pid, key) not in self.cancel_keys:
                 self.cancel_keys[(pid, key)] = session

@@ -89,5 +89,13 @@ class MemoryTLS:
         self.obj.write(data)
         return self._out.read()
 
+    def close(self) -> bytes:
+        """Start the TLS shutdown; returns the close_notify alert to send."""
+        try:
+            self.obj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        return self._out.read()
+
     def version(self) -> str | None:
         return self.obj.version()

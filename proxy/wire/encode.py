@@ -68,7 +68,9 @@ def ready_for_query(status: bytes) -> bytes:
 
 
 def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    body = _I32.pack(newest_minor) + _I32.pack(len(unrecognized)) + b"".join(cstr(o) for o in unrecognized)
+    # The field is the whole version (3 << 16 | minor), as PostgreSQL sends it; libpq 18
+    # reads a bare 0 as a downgrade to a pre-3.0 protocol and refuses.
+    body = _I32.pack(c.PROTOCOL_3_0 | newest_minor) + _I32.pack(len(unrecognized)) + b"".join(cstr(o) for o in unrecognized)
     return message(b"v", body)
 
 
