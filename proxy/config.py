@@ -61,6 +61,7 @@ class Config:
     connect_timeout: float
     max_message_size: int
     workers: int
+    max_statement_length: int
     audience: str
     public_keys: dict[str, Path]
     signing_key: Path | None
@@ -75,7 +76,7 @@ class Config:
 
 _KNOWN = {
     "server": {"listen_host", "listen_port", "tls_cert", "tls_key", "require_tls", "startup_timeout",
-               "connect_timeout", "max_message_size", "workers"},
+               "connect_timeout", "max_message_size", "workers", "max_statement_length"},
     "tokens": {"audience", "public_keys", "signing_key", "signing_kid"},
     "upstream": {"host", "port", "sslmode", "sslrootcert", "databases"},
     "scope": {"role", "password_env", "password_file", "read_only"},
@@ -202,6 +203,7 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         connect_timeout=_num(server, "connect_timeout", "server", 10.0),
         max_message_size=_int(server, "max_message_size", "server", 64 << 20, 1024, 1 << 30),
         workers=_int(server, "workers", "server", 1, 1, 256),
+        max_statement_length=_int(server, "max_statement_length", "server", 65536, 64, 16 << 20),
         audience=_str(tokens, "audience", "tokens", "pgwarden"),
         public_keys=public_keys,
         signing_key=signing_key,

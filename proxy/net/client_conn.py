@@ -387,8 +387,8 @@ class ClientConn(asyncio.Protocol):
                 else:
                     self.log.info("statement_denied", rule=verdict.rule, statement_class=verdict.statement_class,
                                   via="Query" if name is None else "Parse")
-                    sub = enforcer.deny_query(verdict.message) if name is None \
-                        else enforcer.deny_parse(name, verdict.message)
+                    sub = enforcer.deny_query(verdict.message, verdict.sqlstate) if name is None \
+                        else enforcer.deny_parse(name, verdict.message, verdict.sqlstate)
             if mtype == c.PqMsg_Query or mtype == c.PqMsg_Sync or mtype == c.PqMsg_FunctionCall:
                 self.sync_points += 1
             if mtype == c.PqMsg_Bind:

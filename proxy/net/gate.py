@@ -76,6 +76,3 @@ class PolicyGate:
         session.on_verdict(text)
         self._results.pop((scope, text), None)
 
-
-def allow_all(text: str, scope: str, prepared) -> Verdict:
-    return Verdict(True)

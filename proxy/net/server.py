@@ -17,7 +17,8 @@ import structlog
 from ..config import Config
 from ..keys import load_public_keys
 from .client_conn import ClientConn
-from .gate import PolicyGate, allow_all
+from ..session.judge import Judge
+from .gate import PolicyGate
 from .tls import server_context
 
 log = structlog.get_logger("pgwarden.server")
@@ -34,7 +35,8 @@ class ProxyServer:
         self.tasks: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
         self.stopped = asyncio.Event()
-        self.gate = PolicyGate(self.loop, allow_all)
+        self.judge = Judge(max_length=config.max_statement_length)
+        self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length)
 
     async def start(self) -> None:
         cfg = self.config

@@ -44,6 +44,7 @@ class Verdict:
     statement_class: str = ""
     prepares: tuple[tuple[str, str], ...] = ()   # SQL-level PREPARE name -> class, when allowed
     deallocates: tuple[str, ...] = ()            # SQL-level DEALLOCATE names ("*" for ALL)
+    sqlstate: str = "42501"                      # 42601 when the text does not parse: a typo reads as one
 
 
 Judge = Callable[[str], Verdict]
@@ -55,29 +56,29 @@ class Enforcer:
     def __init__(self) -> None:
         self.nonce = secrets.token_hex(8)
         self.seq = 0
-        self.pending: OrderedDict[int, str] = OrderedDict()     # seq -> denial message
+        self.pending: OrderedDict[int, tuple[str, str]] = OrderedDict()   # seq -> (sqlstate, message)
         self.denied_statements: dict[str, str] = {}             # protocol statement name -> message
         self.denials = 0
         self.last_denial: str | None = None
 
-    def _marker(self, message: str) -> str:
+    def _marker(self, message: str, sqlstate: str = "42501") -> str:
         self.seq += 1
         self.denials += 1
         self.last_denial = message
-        self.pending[self.seq] = message
+        self.pending[self.seq] = (sqlstate, message)
         if len(self.pending) > MAX_PENDING:
             self.pending.popitem(last=False)
         return f"pgwarden_denied_{self.nonce}_{self.seq}"
 
     # -- client messages ---------------------------------------------------------
 
-    def deny_query(self, message: str) -> bytes:
-        return encode.query(self._marker(message))
+    def deny_query(self, message: str, sqlstate: str = "42501") -> bytes:
+        return encode.query(self._marker(message, sqlstate))
 
-    def deny_parse(self, name: str, message: str) -> bytes:
+    def deny_parse(self, name: str, message: str, sqlstate: str = "42501") -> bytes:
         if name:
             self.denied_statements[name] = message
-        return _parse(name, self._marker(message))
+        return _parse(name, self._marker(message, sqlstate))
 
     def allowed_parse(self, name: str) -> None:
         if name:
@@ -114,14 +115,15 @@ class Enforcer:
             else:
                 break
         seq = int(digits) if digits else -1
-        message = self.pending.pop(seq, None)
-        if message is None:
+        found = self.pending.pop(seq, None)
+        if found is None:
             return None
+        sqlstate, message = found
         # Everything queued before this one was skipped by the server (an earlier error in the
         # same extended-protocol batch): it will never come back.
         for old in [s for s in self.pending if s < seq]:
             del self.pending[old]
-        return encode.error_response("42501", message)
+        return encode.error_response(sqlstate, message)
 
 
 def _parse(name: str, text: str) -> bytes:

@@ -97,7 +97,7 @@ def decode_query(buf, start: int, end: int) -> str:
     pglast alike; they are a protocol violation, never dropped or passed on.
     """
     nul = buf.find(b"\x00", start, end)
-    if nul != end - 1:
+    if nul < 0 or nul != end - 1:
         if nul < 0:
             raise ClientProtocolError("Query message is missing its string terminator")
         raise ClientProtocolError("Query message has bytes after the terminating NUL")

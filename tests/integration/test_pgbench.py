@@ -98,4 +98,4 @@ def test_tpcb_refused_under_read_scope(proxy, bench_schema):
     """The read scope really is read-only: the write workload fails on its first UPDATE."""
     proc = pgbench(proxy, "read", bench_schema, "-n", "-c", "1", "-t", "1")
     assert proc.returncode != 0
-    assert "cannot execute UPDATE in a read-only transaction" in proc.stderr, proc.stderr
+    assert "pgwarden: UPDATE is write class; this grant's scope is read" in proc.stderr, proc.stderr

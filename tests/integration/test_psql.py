@@ -133,7 +133,7 @@ def test_rollback_leaves_no_row_commit_keeps_one(proxy, table, admin):
 def test_read_scope_transaction_is_read_only(proxy, table):
     proc = psql(proxy, "read", "-c", f"INSERT INTO {table} VALUES (1, 'x')")
     assert proc.returncode != 0
-    assert "cannot execute INSERT in a read-only transaction" in proc.stderr
+    assert "pgwarden: INSERT is write class; this grant's scope is read (write would allow it)" in proc.stderr
 
 
 # --------------------------------------------------------------------------- cancel
