@@ -82,11 +82,16 @@ pidfile = {d}/pgbouncer.pid
 """)
     cmd = [exe, str(ini)]
     if os.geteuid() == 0:                  # pgbouncer refuses to run as root
+        work.chmod(0o755)
         shutil.chown(d, "postgres")
         ini.chmod(0o644)
         cmd = ["runuser", "-u", "postgres", "--"] + cmd
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_port(port)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        log = d / "pgbouncer.log"
+        raise RuntimeError(f"pgbouncer did not start: {log.read_text() if log.exists() else 'no log'}") from None
     return proc, port
 
 

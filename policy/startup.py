@@ -2,14 +2,18 @@
 
 Pure. The client's StartupMessage carries settings (`-c name=value` inside
 `options`, or a setting sent as its own parameter). Each one passes only when
-it is on the allow-list of harmless settings; a setting that could lift the
-scope (read-only, identity, replication role) or that pgwarden does not know
-refuses the connection with a message naming it (fail closed).
+the same SET would be allowed in every scope (the classifier's catalog of
+settings decides); a setting that could lift the scope (read-only, identity,
+replication role) or that pgwarden does not know refuses the connection with
+a message naming it (fail closed).
 """
 
 from __future__ import annotations
 
 import re
+
+from policy.sql.catalog import DEFAULT_CATALOG
+from policy.sql.classes import StatementClass
 
 # Parameters that are part of the protocol, not settings.
 PROTOCOL_PARAMS = frozenset({"user", "database", "options", "replication"})
@@ -23,24 +27,6 @@ GUARDED = frozenset({
     "row_security", "default_tablespace", "temp_tablespaces",
 })
 
-# Settings a client may set at startup in every scope.
-ALLOWED = frozenset({
-    "application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits",
-    "intervalstyle", "search_path", "statement_timeout", "lock_timeout",
-    "idle_in_transaction_session_timeout", "idle_session_timeout", "bytea_output",
-    "standard_conforming_strings", "client_min_messages", "geqo", "jit", "work_mem",
-    "maintenance_work_mem", "default_transaction_isolation", "default_transaction_deferrable",
-    "lc_monetary", "lc_numeric", "lc_time", "xmloption", "random_page_cost", "seq_page_cost",
-    "cpu_tuple_cost", "effective_cache_size", "cursor_tuple_fraction", "from_collapse_limit",
-    "join_collapse_limit", "plan_cache_mode", "array_nulls", "backslash_quote",
-    "escape_string_warning", "quote_all_identifiers", "transform_null_equals",
-    "gin_fuzzy_search_limit", "default_toast_compression", "check_function_bodies",
-    "tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout",
-    "default_statistics_target", "max_parallel_workers_per_gather", "parallel_setup_cost",
-    "parallel_tuple_cost", "temp_buffers", "hash_mem_multiplier", "geqo_threshold",
-    "constraint_exclusion", "synchronous_commit", "vacuum_cost_delay", "trace_notify",
-})
-ALLOWED_PREFIXES = ("enable_",)
 
 
 class StartupRefused(ValueError):
@@ -113,18 +99,26 @@ def is_utf8(encoding: str) -> bool:
 
 
 def check_setting(name: str, value: str) -> str | None:
-    """None when the setting may pass; otherwise the reason it may not."""
+    """None when the setting may pass; otherwise the reason it may not.
+
+    A startup setting passes exactly when the same SET would be allowed in every
+    scope (the classifier's catalog decides), with search_path also checked as a
+    whole list (a startup value is one comma-separated string).
+    """
     key = name.lower()
     if key in GUARDED:
+        # Refused even when the value would only narrow the session (=on): pgwarden sets
+        # these itself, per scope, and a client has no business sending them.
         return f"setting {name} cannot be changed through pgwarden"
+    if key == "search_path" and not _search_path_ok(value):
+        return "search_path may list pg_catalog only first"
     if key == "client_encoding" and not is_utf8(value):
         return (f"client_encoding {value} is not supported through pgwarden: statements are checked as "
                 "UTF-8 text, so the client must use UTF8")
-    if key == "search_path" and not _search_path_ok(value):
-        return "search_path may list pg_catalog only first"
-    if key in ALLOWED or key.startswith(ALLOWED_PREFIXES):
+    verdict = DEFAULT_CATALOG.setting_verdict(key, (value,))
+    if verdict.statement_class is StatementClass.TRANSACTION:
         return None
-    return f"setting {name} is not on pgwarden's list of settings a client may pass"
+    return f"setting {name} cannot be set through pgwarden ({verdict.reason}) [rule {verdict.rule_id}]"
 
 
 def filter_startup(params: dict[str, str]) -> dict[str, str]:

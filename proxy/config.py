@@ -62,6 +62,8 @@ class Config:
     max_message_size: int
     workers: int
     max_statement_length: int
+    expiry_warnings: tuple[float, ...]
+    drain_timeout: float
     audience: str
     public_keys: dict[str, Path]
     signing_key: Path | None
@@ -76,7 +78,8 @@ class Config:
 
 _KNOWN = {
     "server": {"listen_host", "listen_port", "tls_cert", "tls_key", "require_tls", "startup_timeout",
-               "connect_timeout", "max_message_size", "workers", "max_statement_length"},
+               "connect_timeout", "max_message_size", "workers", "max_statement_length",
+               "expiry_warnings", "drain_timeout"},
     "tokens": {"audience", "public_keys", "signing_key", "signing_kid"},
     "upstream": {"host", "port", "sslmode", "sslrootcert", "databases"},
     "scope": {"role", "password_env", "password_file", "read_only"},
@@ -204,6 +207,8 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         max_message_size=_int(server, "max_message_size", "server", 64 << 20, 1024, 1 << 30),
         workers=_int(server, "workers", "server", 1, 1, 256),
         max_statement_length=_int(server, "max_statement_length", "server", 65536, 64, 16 << 20),
+        expiry_warnings=_warnings(server.get("expiry_warnings", [300, 60])),
+        drain_timeout=_num(server, "drain_timeout", "server", 30.0),
         audience=_str(tokens, "audience", "tokens", "pgwarden"),
         public_keys=public_keys,
         signing_key=signing_key,
@@ -211,6 +216,14 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         upstream=upstream,
         scopes=scopes,
     )
+
+
+def _warnings(value) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                              for v in value):
+        raise ConfigError("server.expiry_warnings: expected a list of positive numbers of seconds before expiry, "
+                          f"e.g. [300, 60]; got {value!r}")
+    return tuple(sorted({float(v) for v in value}, reverse=True))
 
 
 def _is_loopback(host: str) -> bool:

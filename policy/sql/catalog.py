@@ -35,9 +35,9 @@ Rules:
   ADMIN, except for the direction that cannot lift anything (``SET
   transaction_read_only = on``, ``RESET ROLE``).  Two more are guarded because
   they would make pgwarden's parser read the text differently from the server:
-  ``standard_conforming_strings`` (only ``on``) and ``client_encoding`` (no
-  client-only multibyte encoding such as SJIS or BIG5, whose second byte can
-  be a backslash).  ``search_path`` may not list ``pg_catalog`` after another
+  ``standard_conforming_strings`` (only ``on``) and ``client_encoding`` (only
+  UTF8, the encoding the proxy decodes statements in; with SJIS or BIG5 a
+  backslash can be the second byte of a character).  ``search_path`` may not list ``pg_catalog`` after another
   schema.  Other settings any role may set (``context = user`` in
   pg_settings, ``settings.txt``) are TRANSACTION; settings only a superuser or
   the server's configuration may change are ADMIN; custom ``x.y`` settings are
@@ -212,15 +212,11 @@ NEWER_USER_SETTINGS = frozenset({
 })
 
 _TRUE = frozenset({"on", "true", "yes", "1", "t", "tr", "tru", "y", "ye"})
-# Client encodings whose every byte >= 0x80 stays inside a multibyte character (or that are
-# single-byte): the server, after converting to its encoding, tokenizes what we tokenized.
-# SJIS, BIG5, GBK, UHC, GB18030, JOHAB and SHIFT_JIS_2004 are refused: a backslash (0x5c)
-# can be their second byte, so E'..\' ends differently for the server than for us.
-_SAFE_ENCODING = re.compile(
-    r"(utf8|unicode|sqlascii|latin([1-9]|10)|iso8859\d{1,2}|win(125\d|866|874)?"
-    r"|windows(125\d|866|874)|koi8[ru]?|euc(jp|cn|kr|tw|jis2004)|muleinternal|alt"
-    r"|tcvn(5712)?|vscii|abc)"
-)
+# The proxy decodes statements as strict UTF-8 (and refuses any other client_encoding at
+# startup), so the server must read the same bytes as UTF-8 too.  Other encodings are refused:
+# with SJIS, BIG5, GBK, UHC, GB18030 or JOHAB a backslash (0x5c) can be the second byte of a
+# character, so E'..\' would end where pgwarden's parser does not see it end.
+_SAFE_ENCODING = re.compile(r"utf8|unicode")
 _SEARCH_PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,]*)\s*(?:,|$)')
 
 
@@ -378,9 +374,10 @@ class Catalog:
         if key == "client_encoding":
             if reset or (values is not None and len(values) == 1
                          and _SAFE_ENCODING.fullmatch(re.sub(r"[^a-z0-9]", "", values[0].lower()))):
-                return Verdict(T, "set.harmless", f"{key} is an encoding pgwarden reads as the server does")
+                return Verdict(T, "set.harmless", f"{key} stays UTF8")
             return Verdict(C.ADMIN, "set.parser",
-                           f"{key} {values[0] if values else ''} is not an encoding pgwarden can check text in")
+                           f"client_encoding {values[0] if values else '(not a literal)'} is not supported "
+                           "through pgwarden: statements are checked as UTF-8 text")
         if key == "search_path":
             if reset:
                 return Verdict(T, "set.harmless", "search_path goes back to its default")

@@ -56,7 +56,7 @@ class ClientConn(asyncio.Protocol):
         "startup_timer", "params", "user", "database", "claims", "scope", "upstream", "up_transport",
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
         "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
-        "sync_points",
+        "sync_points", "deadline", "deadline_reason", "timer", "warned", "pending_notices", "end_reason",
     )
 
     def __init__(self, server) -> None:
@@ -90,6 +90,12 @@ class ClientConn(asyncio.Protocol):
         self.sql_prepared: dict[str, str] = {}   # SQL-level PREPARE name -> statement class
         self.stream = ServerStream(self.enforcer.rewrite_error)
         self.sync_points = 0                     # Query/Sync/FunctionCall sent: each earns one ReadyForQuery
+        self.deadline: float | None = None       # wall-clock time the session must end (grant/token expiry)
+        self.deadline_reason = ""
+        self.timer = None                        # the one timer: next warning or the cut
+        self.warned: set[float] = set()
+        self.pending_notices: list[bytes] = []   # injected only between server messages
+        self.end_reason = "client closed"
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -287,6 +293,7 @@ class ClientConn(asyncio.Protocol):
         if scope.read_only:
             settings["default_transaction_read_only"] = "on"
         self.claims, self.scope = claims, scope
+        self.set_deadline(claims.exp, f"grant {claims.jti} expired at {tokens.format_ts(claims.exp)}")
         self.log = self.log.bind(grant=claims.jti, scope=claims.scope)
         self.phase = CONNECTING
         self.connect_task = self.loop.create_task(self._connect_upstream(updb, settings, app))
@@ -335,6 +342,7 @@ class ClientConn(asyncio.Protocol):
         out.append(encode.READY_IDLE)
         self.transport_write(b"".join(out))
         self.phase = RELAY
+        self._arm_timer()
         self.log.info("session_start", upstream_pid=self.up_pid, tls=self.tls is not None,
                       upstream_tls=result.tls_version)
         if leftover:
@@ -384,6 +392,9 @@ class ClientConn(asyncio.Protocol):
                     self.apply_effects(verdict)
                     if name is not None:
                         enforcer.allowed_parse(name)
+                        if name:
+                            # SQL EXECUTE and protocol Parse share one name space on the server.
+                            self.sql_prepared[name] = verdict.statement_class
                 else:
                     self.log.info("statement_denied", rule=verdict.rule, statement_class=verdict.statement_class,
                                   via="Query" if name is None else "Parse")
@@ -398,6 +409,7 @@ class ClientConn(asyncio.Protocol):
                 kind, name = decode.decode_close(buf, start, end)
                 if kind == "S":
                     enforcer.closed_statement(name)
+                    self.sql_prepared.pop(name, None)
             elif mtype == c.PqMsg_FunctionCall:
                 self.log.info("statement_denied", rule="admin.function_call", via="FunctionCall")
                 sub = enforcer.deny_function_call(
@@ -455,6 +467,9 @@ class ClientConn(asyncio.Protocol):
             return
         if data:
             self.transport_write(data)
+        if self.pending_notices and self.stream.at_boundary:
+            self.transport_write(b"".join(self.pending_notices))
+            self.pending_notices.clear()
 
     def on_upstream_lost(self, exc) -> None:
         if self.phase == CLOSED:
@@ -489,7 +504,94 @@ class ClientConn(asyncio.Protocol):
         self._close()
 
     def shutdown(self, message: str) -> None:
-        self.fatal(c.SQLSTATE_ADMIN_SHUTDOWN, message)
+        self.cut(message, reason="shutdown")
+
+    # ------------------------------------------------------------------ time
+
+    def set_deadline(self, at: float, reason: str) -> None:
+        """End the session at `at` (wall clock) unless it already ends sooner."""
+        if self.deadline is None or at < self.deadline:
+            self.deadline, self.deadline_reason = at, reason
+            if self.phase == RELAY:
+                self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """One timer per session, set to the next due event: a warning NOTICE or the cut."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.deadline is None or self.phase != RELAY:
+            return
+        now = time.time()
+        due = self.deadline
+        for before in self.cfg.expiry_warnings:
+            at = self.deadline - before
+            if before not in self.warned and at > now:
+                due = min(due, at)
+        self.timer = self.loop.call_later(max(0.0, due - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.phase != RELAY or self.deadline is None:
+            return
+        now = time.time()
+        if now >= self.deadline - 0.0005:
+            self.cut(self.deadline_reason, reason="expired", deadline=self.deadline)
+            return
+        for before in self.cfg.expiry_warnings:
+            if before not in self.warned and now >= self.deadline - before - 0.0005:
+                self.warned.add(before)
+                left = self.deadline - now
+                self.notify_client(
+                    f"pgwarden: grant {self.claims.jti} expires at {tokens.format_ts(self.deadline)} "
+                    f"(in {_human(left)}); the session will be closed then",
+                    hint="request a new grant to keep working")
+        self._arm_timer()
+
+    def notify_client(self, message: str, *, hint: str | None = None) -> None:
+        """A WARNING notice, sent between server messages (never inside one)."""
+        notice = encode.notice(message, hint=hint)
+        if self.stream.at_boundary:
+            self.transport_write(notice)
+        else:
+            self.pending_notices.append(notice)
+        self.log.info("expiry_warning", message=message)
+
+    def cut(self, message: str, *, reason: str, deadline: float | None = None,
+            sqlstate: str = c.SQLSTATE_ADMIN_SHUTDOWN) -> None:
+        """End the session now: cancel what runs upstream, drop the upstream connection (its
+        open transaction rolls back), tell the client why, and record the lag."""
+        if self.phase == CLOSED:
+            return
+        if self.phase != RELAY:
+            self.fatal(sqlstate, f"pgwarden: {message}")
+            return
+        lag = None if deadline is None else round((time.time() - deadline) * 1000, 2)
+        if self.busy:
+            self.cancel_upstream()           # stop the statement in flight, not just the socket
+        up = self.up_transport
+        if up is not None:
+            self.up_transport = None
+            try:
+                up.write(encode.TERMINATE)
+            except Exception:
+                pass
+            up.abort()                       # no waiting: the backend sees EOF and rolls back
+        self.end_reason = reason
+        self.log.info("session_cut", reason=reason, message=message, lag_ms=lag,
+                      busy=self.busy, duration=round(time.time() - self.started_at, 3))
+        self.server.record_cut(reason, lag)
+        client = self.transport
+        if client is not None and not client.is_closing():
+            if self.stream.at_boundary and client.get_write_buffer_size() < 65536:
+                self.transport_write(encode.fatal(sqlstate, f"pgwarden: {message}"))
+                self._close()
+                return
+            # Mid-message (a FATAL now would corrupt the stream) or a client that is not
+            # reading: drop the connection rather than wait.
+            self._abort()
+            return
+        self._teardown()
 
     def _on_startup_timeout(self) -> None:
         if self.phase in (STARTUP, AUTH, CONNECTING):
@@ -519,6 +621,11 @@ class ClientConn(asyncio.Protocol):
         self._teardown()
 
     @property
+    def idle(self) -> bool:
+        """Nothing running and no transaction open: safe to close without losing work."""
+        return self.phase != RELAY or (not self.busy and self.stream.txn_status == b"I" and not self.waiting)
+
+    @property
     def busy(self) -> bool:
         """The server owes ReadyForQuery for something sent: a statement may be running."""
         return self.sync_points > self.stream.ready_count
@@ -531,6 +638,9 @@ class ClientConn(asyncio.Protocol):
             self.cancel_upstream()
         self.phase = CLOSED
         self._cancel_startup_timer()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         if self.up_transport is not None:
@@ -546,6 +656,15 @@ class ClientConn(asyncio.Protocol):
 
 class _Stop(Exception):
     pass
+
+
+def _human(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min" + (f" {seconds % 60} s" if seconds % 60 else "")
+    return f"{seconds} s"
 
 
 def _is_loopback(peer) -> bool:

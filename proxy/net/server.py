@@ -35,6 +35,8 @@ class ProxyServer:
         self.tasks: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
         self.stopped = asyncio.Event()
+        self.cuts: dict[str, int] = {}
+        self.cut_lags: list[float] = []
         self.judge = Judge(max_length=config.max_statement_length)
         self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length)
 
@@ -61,19 +63,33 @@ class ProxyServer:
         if session.pid:
             self.cancel_keys.pop((session.pid, session.key), None)
 
+    def record_cut(self, reason: str, lag_ms: float | None) -> None:
+        self.cuts[reason] = self.cuts.get(reason, 0) + 1
+        if lag_ms is not None:
+            self.cut_lags.append(lag_ms)
+            if len(self.cut_lags) > 10000:
+                del self.cut_lags[:5000]
+
+    def sessions_of_grant(self, grant_id: str) -> list[ClientConn]:
+        return [s for s in self.sessions if s.claims is not None and s.claims.jti == grant_id]
+
     def track(self, task: asyncio.Task) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def shutdown(self, drain: float = 0.0) -> None:
-        """Stop accepting, let sessions finish until the drain deadline, then cut them."""
+    async def shutdown(self, drain: float = 0.0, force: asyncio.Event | None = None) -> None:
+        """Staged shutdown (uvicorn's Server.shutdown): stop accepting; close sessions as soon as
+        they are idle outside a transaction; cut the rest at the drain deadline (or on `force`)."""
         if self._server is not None:
             self._server.close()
         deadline = self.loop.time() + drain
-        while self.sessions and self.loop.time() < deadline:
+        while self.sessions and self.loop.time() < deadline and not (force and force.is_set()):
+            for s in list(self.sessions):
+                if s.idle:
+                    s.shutdown("pgwarden is shutting down")
             await asyncio.sleep(0.05)
         for s in list(self.sessions):
-            s.shutdown("pgwarden is shutting down")
+            s.shutdown("pgwarden is shutting down" + (" (drain deadline reached)" if drain else ""))
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2)
         self.stopped.set()
@@ -86,14 +102,21 @@ async def serve(config: Config, *, ready=None) -> None:
     if ready is not None:
         ready(server)
     stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            force.set()                  # a second signal: cut everything now
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError):
             pass
     await stop.wait()
-    log.info("shutting_down", sessions=len(server.sessions))
-    await server.shutdown(drain=0.0)
+    log.info("shutting_down", sessions=len(server.sessions), drain_timeout=config.drain_timeout)
+    await server.shutdown(drain=config.drain_timeout, force=force)
 
 
 def run(config: Config) -> None:

@@ -97,6 +97,11 @@ class ServerStream:
         out += data[start:]
         return bytes(out)
 
+    @property
+    def at_boundary(self) -> bool:
+        """True between two whole messages: bytes of pgwarden's own may go to the client now."""
+        return not self.remaining and not self.header and self.held is None
+
     def _release_error(self) -> bytes:
         msg = bytes(self.held)
         self.held = None

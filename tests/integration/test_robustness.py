@@ -840,9 +840,6 @@ def test_non_utf8_client_encoding(proxy):
         assert conn.execute("select 'caf\u00e9'").fetchone() == ("caf\u00e9",)
 
 
-@pytest.mark.xfail(strict=True, reason="proxy bug: SET client_encoding / SET NAMES 'LATIN1' is accepted in the "
-                   "session (the classifier calls LATIN1 harmless too), then the next non-ASCII Query is refused "
-                   "as invalid UTF-8 with FATAL 22021 and the session is killed")
 @pytest.mark.parametrize("stmt", ["SET client_encoding TO 'LATIN1'", "SET NAMES 'LATIN1'"])
 def test_set_client_encoding_in_session(proxy, stmt):
     """Switching to a non-UTF-8 client_encoding in the session must not leave a session that
