@@ -27,12 +27,19 @@ class Judge:
         self.scopes = scopes
         self.max_length = max_length
         self.cache = ClassificationCache(max_entries=cache_entries)
+        # (scope, text) -> Verdict for the hot path: an exact repeat skips classify and decide.
+        self._verdicts: dict[tuple[str, str], Verdict] = {}
+        self._verdict_limit = cache_entries
 
     def __call__(self, text: str, scope_name: str, prepared: Mapping[str, str]) -> Verdict:
         scope = self.scopes.get(scope_name)
         if scope is None:
             return Verdict(False, f"pgwarden: scope {scope_name!r} is not defined; denied [rule scope.unknown]",
                            "scope.unknown", "unknown")
+        key = (scope_name, text)
+        hit = self._verdicts.get(key)
+        if hit is not None:
+            return hit
         classified = self.cache.get(text)
         if classified is None:
             prep = {k: StatementClass(v) for k, v in prepared.items()} if prepared else None
@@ -48,4 +55,9 @@ class Judge:
         prepares = tuple((s.prepares, s.statement_class.value) for s in classified.statements if s.prepares)
         deallocates = tuple("*" if s.deallocates_all else s.deallocates
                             for s in classified.statements if s.deallocates or s.deallocates_all)
-        return Verdict(True, "", decision.rule_id, cls, prepares, deallocates)
+        verdict = Verdict(True, "", decision.rule_id, cls, prepares, deallocates)
+        if classified.cacheable and len(text) <= self.cache.max_text_length:
+            if len(self._verdicts) >= self._verdict_limit:
+                self._verdicts.clear()          # crude but bounded; refilled from the class cache
+            self._verdicts[key] = verdict
+        return verdict
