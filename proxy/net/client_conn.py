@@ -239,6 +239,8 @@ class ClientConn(asyncio.Protocol):
         self._close()
         if target is not None:
             target.cancel_upstream()
+        elif self.server.peers is not None:      # another worker may hold the session
+            self.server.track(self.loop.create_task(self.server.peers.broadcast(pid, key)))
 
     def _on_client_startup(self, pkt: decode.StartupPacket) -> None:
         if not self._tls_ok():

@@ -37,6 +37,7 @@ class ProxyServer:
         self.stopped = asyncio.Event()
         self.cuts: dict[str, int] = {}
         self.cut_lags: list[float] = []
+        self.peers = None                    # CancelPeers when running as one of several workers
         self.judge = Judge(max_length=config.max_statement_length)
         self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length)
 
@@ -44,7 +45,9 @@ class ProxyServer:
         cfg = self.config
         self._server = await self.loop.create_server(
             lambda: ClientConn(self), cfg.listen_host, cfg.listen_port,
-            reuse_port=cfg.workers > 1 or None, backlog=1024)
+            reuse_port=True if (self.peers is not None or cfg.workers > 1) else None, backlog=1024)
+        if self.peers is not None:
+            await self.peers.start(self)
         socks = self._server.sockets
         self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
         log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)
@@ -95,9 +98,10 @@ class ProxyServer:
         self.stopped.set()
 
 
-async def serve(config: Config, *, ready=None) -> None:
+async def serve(config: Config, *, ready=None, peers=None) -> None:
     loop = asyncio.get_running_loop()
     server = ProxyServer(config, loop)
+    server.peers = peers
     await server.start()
     if ready is not None:
         ready(server)
@@ -119,12 +123,21 @@ async def serve(config: Config, *, ready=None) -> None:
     await server.shutdown(drain=config.drain_timeout, force=force)
 
 
-def run(config: Config) -> None:
+def run(config: Config, workers: int | None = None) -> int:
+    count = workers or config.workers
+    if count > 1:
+        from .workers import run_workers
+        return run_workers(config, count, lambda i, peers: _run_loop(serve(config, peers=peers)))
+    _run_loop(serve(config))
+    return 0
+
+
+def _run_loop(coro) -> None:
     try:
         import uvloop
     except ImportError:                      # the default loop must keep working
         uvloop = None
     if uvloop is not None:
-        uvloop.run(serve(config))
+        uvloop.run(coro)
     else:
-        asyncio.run(serve(config))
+        asyncio.run(coro)
