@@ -45,7 +45,7 @@ from typing import Any
 __all__ = [
     "GrantState", "Grant", "Change", "GrantError", "TRANSITIONS", "EVENTS",
     "TERMINAL", "LIVE", "AUTO_APPROVER", "BREAK_GLASS_APPROVER",
-    "apply", "effective_state", "check_for_connect", "new_grant_id",
+    "apply", "effective_state", "check_for_connect", "new_grant_id", "format_span",
     "GrantPolicy", "GrantRules", "DEFAULT_POLICIES",
 ]
 
@@ -181,7 +181,7 @@ def _ts(t: float) -> str:
         return repr(t)
 
 
-def _span(seconds: float) -> str:
+def format_span(seconds: float) -> str:
     """``1h30m``, ``45m``, ``90s``: the inverse of tokens.parse_duration."""
     s = int(round(seconds))
     parts = []
@@ -379,8 +379,8 @@ class GrantRules:
         if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not duration > 0:
             raise GrantError("duration must be greater than zero", "duration")
         if duration > pol.max_duration:
-            raise GrantError(f"duration {_span(duration)} is over the maximum for scope {scope!r} "
-                             f"({_span(pol.max_duration)})", "duration")
+            raise GrantError(f"duration {format_span(duration)} is over the maximum for scope {scope!r} "
+                             f"({format_span(pol.max_duration)})", "duration")
         start = now if not_before is None else float(not_before)
         if start < now:
             raise GrantError(f"start {_ts(start)} is in the past (now {_ts(now)})", "start_in_past")

@@ -334,13 +334,16 @@ class SQLGrantStore(ABC):
 
     def record_session(self, grant_id: str, session_id: str, user: str, started_at: float,
                        ended_at: float | None = None, end_reason: str | None = None) -> None:
-        """Insert a session, or (same grant and session id) record its end."""
+        """Insert a session, or (same grant and session id) record its end.
+        An end is never undone: a late start record (calls from executor
+        threads may arrive out of order) keeps the recorded end."""
         with self._write() as cur:
             if not self._exec(cur, "SELECT 1 FROM grants WHERE id = ?", (grant_id,)).fetchone():
                 raise UnknownGrant(grant_id)
             self._exec(cur, "INSERT INTO grant_sessions (grant_id, session_id, user_name, started_at, ended_at,"
                             " end_reason) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grant_id, session_id) DO UPDATE"
-                            " SET ended_at = excluded.ended_at, end_reason = excluded.end_reason",
+                            " SET ended_at = COALESCE(excluded.ended_at, grant_sessions.ended_at),"
+                            " end_reason = COALESCE(excluded.end_reason, grant_sessions.end_reason)",
                        (grant_id, session_id, user, started_at, ended_at, end_reason))
 
     def sessions(self, grant_id: str) -> list[SessionRecord]:

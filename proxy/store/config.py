@@ -55,10 +55,7 @@ class GrantsConfig:
     store_path: Path | None      # the SQLite file, resolved; None for PostgreSQL
     rules: GrantRules
     configured: bool             # the file has a [grants] section
-
-    @property
-    def base(self) -> Path:
-        return self.path.resolve().parent if self.path is not None else Path.cwd()
+    base: Path                   # directory relative store paths resolve against
 
 
 def load_grants_config(path: str | Path) -> GrantsConfig:
@@ -75,9 +72,13 @@ def load_grants_config(path: str | Path) -> GrantsConfig:
     return grants_config_from_dict(raw, path=path)
 
 
-def grants_config_from_dict(raw: dict[str, Any], *, path: Path | None = None) -> GrantsConfig:
-    """The same from an already parsed file (the whole document)."""
-    base = path.resolve().parent if path is not None else Path.cwd()
+def grants_config_from_dict(raw: dict[str, Any], *, path: Path | None = None,
+                            base: Path | None = None) -> GrantsConfig:
+    """The same from an already parsed file (the whole document).  Relative
+    store paths resolve against ``base``, else the file's directory, else the
+    working directory."""
+    if base is None:
+        base = path.resolve().parent if path is not None else Path.cwd()
     section = raw.get("grants")
     configured = section is not None
     section = {} if section is None else section
@@ -104,7 +105,7 @@ def grants_config_from_dict(raw: dict[str, Any], *, path: Path | None = None) ->
     policies = _policies(section, raw, groups)
     return GrantsConfig(path=path, store_url=store_url, store_path=store_path,
                         rules=GrantRules(policies=policies, groups=groups, databases=databases),
-                        configured=configured)
+                        configured=configured, base=Path(base))
 
 
 def _databases(section: dict, raw: dict) -> tuple[str, ...] | None:

@@ -78,28 +78,27 @@ class SQLiteGrantStore(SQLGrantStore):
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _tx(self, begin: str) -> Iterator[sqlite3.Cursor]:
         cur = self._conn().cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
+            cur.execute(begin)
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"grant store {self.path}: {e}") from e
         finally:
             cur.close()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Cursor]:
-        cur = self._conn().cursor()
-        cur.execute("BEGIN")      # deferred: one consistent snapshot, no lock taken
-        try:
-            yield cur
-        finally:
-            cur.execute("COMMIT")
-            cur.close()
+    def _write(self):
+        return self._tx("BEGIN IMMEDIATE")
+
+    def _read(self):
+        return self._tx("BEGIN")      # deferred: one consistent snapshot, no lock taken
 
     def close(self) -> None:
         with self._lock:

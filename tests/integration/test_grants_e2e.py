@@ -1,0 +1,337 @@
+"""Grants end to end: the grant commands as subprocesses, psql through a real proxy.
+
+request (alice) -> approve (bob) -> token -> psql connects -> revoke (bob) ->
+a new connection is refused with "revoked by bob at T: reason".  The last
+step needs the proxy to check the grant store at connect; until it does, that
+test is an expected failure.
+
+The commands run through ``proxy.cli_grants.main`` (the same code ``pgwarden
+request ...`` runs once the commands are registered in proxy/cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy import config as config_mod
+from proxy.demo import write_config
+
+from .conftest import DB, Proxy, free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = "import sys; from proxy.cli_grants import main; sys.exit(main())"
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+GRANTS_SECTION = """
+[grants]
+store = "grants.db"
+databases = ["appdb"]
+[grants.groups]
+dba = ["bob"]
+[grants.policy.read]
+max_duration = "8h"
+approval = "auto"
+[grants.policy.write]
+max_duration = "2h"
+approval = "required"
+approvers = ["group:dba"]
+two_person = true
+break_glass = true
+"""
+
+
+class Env:
+    def __init__(self, workdir: Path, config: Path, proxy: Proxy, wired: bool) -> None:
+        self.workdir, self.config, self.proxy, self.wired = workdir, config, proxy, wired
+
+    def cli(self, *args: str, check: int | None = 0, config: Path | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PGWARDEN_CONFIG=str(config or self.config))
+        proc = subprocess.run([sys.executable, "-c", RUNNER, *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+        if check is not None:
+            assert proc.returncode == check, f"{args}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def request(self, *extra: str, user: str = "alice", scope: str = "write", duration: str = "30m") -> str:
+        return self.json("request", "--db", DB, "--scope", scope, "--for", duration, "--reason", "INC-7 fix orders",
+                         "--as", user, *extra)["id"]
+
+    def psql(self, token: str, sql: str = "select current_user", user: str = "alice") -> subprocess.CompletedProcess:
+        env = dict(os.environ, PGHOST=self.proxy.host, PGPORT=str(self.proxy.port), PGUSER=user, PGDATABASE=DB,
+                   PGPASSWORD=token, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
+        return subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+
+def _proxy_accepts_grants(cfg: Path) -> bool:
+    """True once proxy/config.py knows the [grants] section (the proxy is wired)."""
+    try:
+        config_mod.load(cfg)
+    except config_mod.ConfigError as e:
+        if "grants" in str(e):
+            return False
+        raise
+    return True
+
+
+@pytest.fixture(scope="module")
+def env(pg, scope_roles, proxy_assets):
+    if shutil.which("psql") is None:
+        pytest.skip("psql is not installed")
+    base, kp, cert, key = proxy_assets
+    work = base / f"grants-{os.getpid()}-{time.monotonic_ns()}"
+    work.mkdir()
+    port = free_port()
+    cfg = write_config(work, pg_host=pg.host, pg_port=pg.port, scope_roles=scope_roles, listen_port=port,
+                       kid=kp.kid, private_path=kp.private_path, public_path=kp.public_path, cert=cert, key=key)
+    plain = cfg.read_text()
+    cfg.write_text(plain + GRANTS_SECTION)
+    wired = _proxy_accepts_grants(cfg)
+    proxy_cfg = cfg
+    if not wired:
+        proxy_cfg = work / "proxy.toml"          # the proxy without [grants]: it does not know the section yet
+        proxy_cfg.write_text(plain)
+    p = Proxy(work, proxy_cfg, port, kp).start()
+    yield Env(work, cfg, p, wired)
+    p.stop()
+
+
+# ------------------------------------------------------------ the workflow
+
+
+def test_request_approve_token_psql_revoke(env):
+    gid = env.request("--ticket", "INC-7")
+    g = env.json("grant", "show", gid)["grant"]
+    assert (g["state"], g["requester"], g["subject"], g["ticket"]) == ("requested", "alice", "alice", "INC-7")
+
+    refused = env.cli("token", gid, "--as", "alice", check=1)
+    assert f"grant {gid} is not approved (state requested)" in refused.stderr
+
+    approved = env.cli("approve", gid, "--as", "bob")
+    assert f"grant {gid} approved by bob" in approved.stdout
+
+    tok = env.json("token", gid, "--as", "alice")
+    assert (tok["grant"], tok["sub"], tok["db"], tok["scope"], tok["state"]) == (gid, "alice", DB, "write", "active")
+    out = env.psql(tok["token"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "pgw_write"
+
+    # `connect` runs psql itself with the token in PGPASSWORD
+    conn = env.cli("connect", gid, "--as", "alice", "--", "-X", "-At", "-c", "select 40 + 2")
+    assert conn.stdout.strip() == "42"
+
+    revoked = env.cli("revoke", gid, "--reason", "INC-7 closed", "--as", "bob")
+    assert re.search(rf"grant {gid} revoked by bob at {TS}: INC-7 closed", revoked.stdout)
+
+    again = env.cli("token", gid, "--as", "alice", check=1)
+    assert re.search(rf"no token: grant {gid} revoked by bob at {TS}: INC-7 closed", again.stderr)
+
+    show = env.cli("grant", "show", gid).stdout
+    for line in (r"request\s+alice\s+requested write on appdb for alice, 30m: INC-7 fix orders",
+                 r"approve\s+bob\s+approved", r"issue\s+alice\s+token issued",
+                 r"revoke\s+bob\s+revoked: INC-7 closed", rf"connect now: refused: grant {gid} revoked by bob"):
+        assert re.search(line, show), show
+    events = [e["event"] for e in env.json("grant", "show", gid)["events"]]
+    assert events == ["request", "approve", "issue", "issue", "revoke"]
+
+
+@pytest.mark.xfail(strict=False, reason="needs proxy wiring: the proxy must check the grant store at connect")
+def test_revoked_grant_refused_at_connect(env):
+    assert env.wired, "proxy/config.py does not accept [grants] yet"
+    gid = env.request()
+    env.cli("approve", gid, "--as", "bob")
+    token = env.json("token", gid, "--as", "alice")["token"]
+    assert env.psql(token).returncode == 0
+    env.cli("revoke", gid, "--reason", "suspicious activity", "--as", "bob")
+    out = env.psql(token)
+    assert out.returncode != 0
+    assert re.search(rf"grant {gid} revoked by bob at {TS}: suspicious activity", out.stderr), out.stderr
+    # the proxy recorded the session that ran before the revocation: it is part of the evidence
+    deadline = time.monotonic() + 5
+    while True:
+        sessions = env.json("grant", "show", gid)["sessions"]
+        if (sessions and sessions[0]["ended_at"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(sessions) == 1 and sessions[0]["user"] == "alice" and sessions[0]["ended_at"]
+    assert "session" in env.cli("grant", "show", gid).stdout
+
+
+@pytest.mark.xfail(strict=False, reason="needs proxy wiring: the proxy must watch the store and cut sessions")
+def test_revocation_cuts_a_live_session(env):
+    assert env.wired, "proxy/config.py does not accept [grants] yet"
+    gid = env.request()
+    env.cli("approve", gid, "--as", "bob")
+    token = env.json("token", gid, "--as", "alice")["token"]
+    env_vars = dict(os.environ, PGHOST=env.proxy.host, PGPORT=str(env.proxy.port), PGUSER="alice", PGDATABASE=DB,
+                    PGPASSWORD=token, PGSSLMODE="require")
+    live = subprocess.Popen(["psql", "-X", "-At", "-c", "select pg_sleep(30)"], env=env_vars,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)                            # the session is in the relay, the statement running
+        assert live.poll() is None
+        env.cli("revoke", gid, "--reason", "incident over", "--as", "bob")
+        t0 = time.monotonic()
+        _, err = live.communicate(timeout=10)
+        took = time.monotonic() - t0
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode != 0
+    assert re.search(rf"grant {gid} revoked by bob at {TS}: incident over", err), err
+    assert took < 2.0                              # DESIGN: within a second (plus CLI start-up)
+
+
+# ------------------------------------------------------------- refusals
+
+
+def test_self_approval_refused(env):
+    gid = env.request()
+    out = env.cli("approve", gid, "--as", "alice", check=1)
+    assert f"alice cannot approve grant {gid}: two-person rule" in out.stderr
+    assert env.json("grant", "show", gid)["grant"]["state"] == "requested"
+
+
+def test_duration_over_max_refused(env):
+    out = env.cli("request", "--db", DB, "--scope", "write", "--for", "3h", "--reason", "x", "--as", "alice", check=1)
+    assert "duration 3h is over the maximum for scope 'write' (2h)" in out.stderr
+
+
+def test_approver_not_allowed_refused(env):
+    gid = env.request()
+    out = env.cli("approve", gid, "--as", "carol", check=1)
+    assert "carol is not allowed to approve scope 'write' grants (approvers: group:dba)" in out.stderr
+
+
+def test_unknown_scope_database_and_past_start_refused(env):
+    base = ["request", "--for", "10m", "--reason", "x", "--as", "alice"]
+    assert "unknown scope 'admin'" in env.cli(*base, "--db", DB, "--scope", "admin", check=1).stderr
+    assert "unknown database 'prod'" in env.cli(*base, "--db", "prod", "--scope", "read", check=1).stderr
+    past = env.cli(*base, "--db", DB, "--scope", "read", "--start", "2020-01-01T00:00:00Z", check=1)
+    assert "is in the past" in past.stderr
+    assert env.cli(*base, "--db", DB, "--scope", "read", "--start", "tomorrow", check=1).stderr.count("not a time")
+
+
+def test_deny_end_and_usage(env):
+    gid = env.request()
+    denied = env.cli("deny", gid, "--reason", "use the read scope", "--as", "bob")
+    assert f"grant {gid} denied by bob: use the read scope" in denied.stdout
+    assert "was denied by bob" in env.cli("token", gid, "--as", "alice", check=1).stderr
+
+    gid = env.request(scope="read")                 # auto-approved
+    assert "only the requester" in env.cli("end", gid, "--as", "bob", check=1).stderr
+    assert re.search(rf"grant {gid} ended by alice at {TS}", env.cli("end", gid, "--as", "alice").stdout)
+    assert "ended by alice" in env.cli("token", gid, "--as", "alice", check=1).stderr
+    assert env.cli("approve", check=2).returncode == 2           # usage error
+    assert "no grant 'gnope'" in env.cli("approve", "gnope", "--as", "bob", check=1).stderr
+
+
+def test_scheduled_window(env):
+    g = env.json("request", "--db", DB, "--scope", "read", "--for", "1h", "--reason", "nightly job",
+                 "--start", "+2h", "--as", "alice")
+    assert g["state"] == "approved"
+    tok = env.json("token", g["id"], "--as", "alice")
+    assert tok["nbf"] == g["not_before"]
+    out = env.psql(tok["token"])
+    assert out.returncode != 0 and "not valid before" in out.stderr
+
+
+def test_issue_for_automation(env):
+    tok = env.json("issue", "--db", DB, "--scope", "write", "--for", "15m", "--reason", "deploy 1.2",
+                   "--subject", "alice", "--as", "bob")
+    assert tok["state"] == "active" and tok["sub"] == "alice"
+    assert env.psql(tok["token"]).stdout.strip() == "pgw_write"
+    g = env.json("grant", "show", tok["grant"])
+    assert g["grant"]["approver"] == "bob" and [e["event"] for e in g["events"]] == ["request", "approve", "issue"]
+    assert g["events"][1]["details"] == {"via": "issue"}
+
+    out = env.cli("issue", "--db", DB, "--scope", "write", "--for", "15m", "--reason", "x", "--subject", "svc",
+                  "--as", "ci", check=1)
+    assert "ci may not issue scope 'write' grants directly" in out.stderr
+    out = env.cli("issue", "--db", DB, "--scope", "write", "--for", "15m", "--reason", "x", "--subject", "bob",
+                  "--as", "bob", check=1)
+    assert "two-person rule" in out.stderr
+    auto = env.json("issue", "--db", DB, "--scope", "read", "--for", "15m", "--reason", "etl", "--subject", "alice",
+                    "--as", "ci")
+    assert auto["scope"] == "read"
+
+
+def test_break_glass_issued_at_once_and_reviewed(env):
+    g = env.json("request", "--db", DB, "--scope", "write", "--for", "20m", "--reason", "outage INC-9",
+                 "--break-glass", "--as", "alice")
+    assert g["state"] == "active" and g["approver"] == "break-glass" and g["awaiting_review"]
+    assert env.psql(g["token"]).stdout.strip() == "pgw_write"
+    listed = [x["id"] for x in env.json("grants", "--unreviewed")]
+    assert g["id"] in listed
+    assert "two-person rule" in env.cli("review", g["id"], "--as", "alice", check=1).stderr
+    env.cli("review", g["id"], "--as", "bob")
+    assert g["id"] not in [x["id"] for x in env.json("grants", "--unreviewed")]
+    human = env.cli("grants", "--user", "alice").stdout
+    assert "ID" in human and g["id"] in human
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_on_a_known_data_set(env):
+    """A fresh store filled through the API with known times, read by `report`."""
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    work = env.workdir / "report"
+    work.mkdir()
+    cfg = work / "pgwarden.toml"
+    cfg.write_text(env.config.read_text().replace('store = "grants.db"', 'store = "report.db"'))
+    rules = load_grants_config(cfg).rules
+    t0 = time.time() - 5 * 3600
+    with open_store("report.db", base=work) as store:
+        def make(gid, scope="write", latency=None, **kw):
+            g = rules.request(requester="alice", database=DB, scope=scope, duration=3600, reason="r", now=t0,
+                              grant_id=gid, **kw)
+            store.create(g)
+            event = rules.initial_event(g)
+            if latency is not None:
+                g2 = rules.approve(g, actor="bob", now=t0 + latency)
+            elif event:
+                g2 = apply(g, event, actor="alice", now=t0)
+            else:
+                return g
+            store.update(g2, GrantState.REQUESTED)
+            return g2
+
+        make("ga", latency=60)
+        make("gb", latency=120)
+        make("gc", latency=900)
+        make("gd", scope="read")
+        make("ge", break_glass=True)
+        make("gf")                                      # never approved: expired request
+        store.record_session("ga", "s1", "alice", t0 + 100, t0 + 400)
+        store.record_session("ga", "s2", "alice", t0 + 500, t0 + 600)
+        store.record_session("gd", "s3", "alice", t0 + 10, t0 + 1210)
+    r = env.json("report", "--config", str(cfg))
+    assert r["grants"] == 6
+    assert r["by_scope"] == {"read": {"expired": 1}, "write": {"expired": 5}}
+    assert r["approval_latency"] == {"count": 3, "median_s": 120, "p95_s": 900}
+    assert r["session_duration"] == {"count": 3, "median_s": 300}
+    assert r["never_used"] == {"count": 3, "grants": ["gb", "gc", "ge"]}
+    assert [b["id"] for b in r["break_glass_awaiting_review"]] == ["ge"]
+    text = env.cli("report", "--config", str(cfg)).stdout
+    assert "median 2m, p95 15m" in text and "median 5m" in text and "grants never used: 3" in text
+    assert "break-glass awaiting review: 1" in text
+    assert env.json("report", "--config", str(cfg), "--since", "1h")["grants"] == 0
