@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", "-c", required=True, help="path to pgwarden.toml")
     s.add_argument("--log-level", default="info")
     s.add_argument("--log-format", choices=("json", "console", "auto"), default="auto")
+    s.add_argument("--workers", type=int, help="worker processes sharing the port (SO_REUSEPORT); "
+                                               "overrides server.workers")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("check-config", help="load and validate a config file, then exit")
@@ -73,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ttl", default="8h", help="token lifetime (default 8h)")
     s.add_argument("--dir", help="keep the demo's files here instead of a temporary directory")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("doctor", help="log in as each scope's upstream role and report privileges beyond the scope")
+    s.add_argument("--config", "-c", required=True, help="path to pgwarden.toml")
+    s.add_argument("--database", "-d", action="append", dest="databases", metavar="NAME",
+                   help="upstream database to check (repeatable; default: the values of upstream.databases, "
+                        "else postgres)")
+    s.add_argument("--scope", action="append", dest="scopes", metavar="NAME",
+                   help="check only this scope (repeatable; default: every [scopes.NAME])")
+    s.add_argument("--timeout", type=float, help="login timeout in seconds (default: server.connect_timeout)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(func=cmd_doctor)
     return p
 
 
@@ -86,11 +99,14 @@ def cmd_serve(args) -> int:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as e:
         raise CLIError(f"invalid configuration: {e}") from None
+    if args.workers is not None and args.workers < 1:
+        raise CLIError("--workers: must be at least 1")
+    if (args.workers or cfg.workers) > 1 and cfg.listen_port == 0:
+        raise CLIError("several workers need a fixed server.listen_port (0 would give each its own port)")
     try:
-        server.run(cfg)
+        return server.run(cfg, args.workers)
     except OSError as e:
         raise CLIError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {e.strerror or e}") from None
-    return 0
 
 
 def cmd_check_config(args) -> int:
@@ -160,6 +176,26 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
 
     return run_demo(args)
+
+
+def cmd_doctor(args) -> int:
+    """Exit 0: every scope's role within its scope; 1: a privilege beyond a scope; 2: cannot check."""
+    from . import config as config_mod
+    from . import doctor
+
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        raise CLIError(f"invalid configuration: {e}") from None
+    try:
+        report = doctor.run(cfg, databases=args.databases, scopes=args.scopes, timeout=args.timeout)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    print(report.to_json() if args.json else report.to_text())
+    for s in report.unreachable:
+        what = "cannot connect as" if not s.connected else "could not finish the checks of"
+        print(f"pgwarden doctor: {what} role {s.role} (scope {s.scope}): {s.error}", file=sys.stderr)
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -6,11 +6,15 @@ pglast converts its tree recursively and a deep expression can exhaust the
 8 MB main-thread stack and kill the whole process (STYLE.md §5, measured:
 `SELECT 1+1+...` of 30,000 terms). Text over the configured cap is denied
 without being parsed. While a statement is with the worker, its session
-holds its later messages; other sessions go on.
+holds its later messages; other sessions go on. The worker takes the
+shortest waiting text first (cost grows with length): a session sending
+60 KB expressions over and over cannot make another session's 6 KB IN list
+wait behind all of them.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 
@@ -30,7 +34,8 @@ class PolicyGate:
         self.loop = loop
         self.judge_fn = judge
         self.max_length = max_length
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
         self._results: dict[tuple[str, str], Verdict] = {}
         self._worker: threading.Thread | None = None
 
@@ -43,7 +48,7 @@ class PolicyGate:
         if len(text) <= INLINE_LIMIT or len(text) > self.max_length:
             return self._safe_judge(text, scope, session.sql_prepared)
         self._start_worker()
-        self._jobs.put((text, scope, dict(session.sql_prepared), session))
+        self._jobs.put((len(text), next(self._seq), text, scope, dict(session.sql_prepared), session))
         return None
 
     def _safe_judge(self, text: str, scope: str, prepared) -> Verdict:
@@ -67,7 +72,7 @@ class PolicyGate:
 
     def _work(self) -> None:
         while True:
-            text, scope, prepared, session = self._jobs.get()
+            _, _, text, scope, prepared, session = self._jobs.get()
             verdict = self._safe_judge(text, scope, prepared)
             self.loop.call_soon_threadsafe(self._deliver, text, scope, verdict, session)
 
