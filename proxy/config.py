@@ -13,6 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,9 @@ class Config:
     signing_kid: str | None
     upstream: UpstreamConfig
     scopes: dict[str, ScopeConfig] = field(default_factory=dict)
+    grants: Any = None                   # proxy.store.config.GrantsConfig when [grants] is present
+    audit: Any = None                    # proxy.audit.config.AuditConfig when [audit] is present
+    metrics_listen: str | None = None    # "host:port" of the Prometheus endpoint, None: off
 
     @property
     def tls_enabled(self) -> bool:
@@ -79,7 +83,7 @@ class Config:
 _KNOWN = {
     "server": {"listen_host", "listen_port", "tls_cert", "tls_key", "require_tls", "startup_timeout",
                "connect_timeout", "max_message_size", "workers", "max_statement_length",
-               "expiry_warnings", "drain_timeout"},
+               "expiry_warnings", "drain_timeout", "metrics_listen"},
     "tokens": {"audience", "public_keys", "signing_key", "signing_kid"},
     "upstream": {"host", "port", "sslmode", "sslrootcert", "databases"},
     "scope": {"role", "password_env", "password_file", "read_only"},
@@ -99,9 +103,10 @@ def load(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
 
 def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> Config:
     env = os.environ if env is None else env
-    unknown = set(raw) - {"server", "tokens", "upstream", "scopes"}
+    unknown = set(raw) - {"server", "tokens", "upstream", "scopes", "grants", "audit"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected server, tokens, upstream, scopes")
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; "
+                          "expected server, tokens, upstream, scopes, grants, audit")
     server = _table(raw, "server")
     tokens = _table(raw, "tokens")
     up = _table(raw, "upstream")
@@ -195,6 +200,16 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         scopes[name] = ScopeConfig(name, role, password, read_only)
 
     signing_key = p(tokens.get("signing_key"), "tokens.signing_key")
+    from .audit.config import from_table as audit_from_table
+    from .store.config import grants_config_from_dict
+    grants = grants_config_from_dict(raw, path=path, base=base) if "grants" in raw else None
+    audit = audit_from_table(raw.get("audit"), base=base)
+    metrics_listen = _str(server, "metrics_listen", "server", None)
+    if metrics_listen is not None:
+        mhost, _, mport = metrics_listen.rpartition(":")
+        if not mhost or not mport.isdigit() or not 0 <= int(mport) <= 65535:
+            raise ConfigError(f"server.metrics_listen: expected \"host:port\" (e.g. \"127.0.0.1:9187\"), "
+                              f"got {metrics_listen!r}")
     return Config(
         path=path,
         listen_host=listen_host,
@@ -215,6 +230,9 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         signing_kid=_str(tokens, "signing_kid", "tokens", None),
         upstream=upstream,
         scopes=scopes,
+        grants=grants,
+        audit=audit,
+        metrics_listen=metrics_listen,
     )
 
 
