@@ -23,9 +23,10 @@ DEFAULT_MAX_LENGTH = 65536
 
 class Judge:
     def __init__(self, scopes: Mapping[str, Scope] = DEFAULT_SCOPES, *, max_length: int = DEFAULT_MAX_LENGTH,
-                 cache_entries: int = 4096) -> None:
+                 cache_entries: int = 4096, catalog=None) -> None:
         self.scopes = scopes
         self.max_length = max_length
+        self.catalog = catalog                  # the operator's [classifier] lists; None: built-in
         self.cache = ClassificationCache(max_entries=cache_entries)
         # (scope, text) -> Verdict for the hot path: an exact repeat skips classify and decide.
         self._verdicts: dict[tuple[str, str], Verdict] = {}
@@ -43,7 +44,7 @@ class Judge:
         classified = self.cache.get(text)
         if classified is None:
             prep = {k: StatementClass(v) for k, v in prepared.items()} if prepared else None
-            classified = classify(text, max_length=self.max_length, prepared=prep)
+            classified = classify(text, max_length=self.max_length, prepared=prep, catalog=self.catalog)
             self.cache.put(text, classified)
         decision = decide(scope, classified, scopes=self.scopes)
         cls = decision.statement_class.value if decision.statement_class is not None else ""
