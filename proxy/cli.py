@@ -53,14 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kid", help="key id (default: derived from the public key)")
     s.set_defaults(func=cmd_keygen)
 
-    s = sub.add_parser("token", help="mint a token with the private key (issuing side)")
+    s = sub.add_parser("token", help="mint the token of an approved grant (pgwarden token ID), or a bare token "
+                                     "without a grant (--db/--scope; refused by a proxy with a [grants] store)")
+    s.add_argument("id", nargs="?", help="grant id: mint the token of this approved grant")
+    s.add_argument("--as", dest="as_user", metavar="USER", help="with ID: act as USER (default: the OS user)")
     s.add_argument("--config", "-c", help="pgwarden.toml (for tokens.signing_key, signing_kid, audience)")
     s.add_argument("--key", help="private key PEM (overrides the config)")
     s.add_argument("--kid", help="key id (overrides the config)")
     s.add_argument("--audience", help="aud claim (overrides the config; default pgwarden)")
     s.add_argument("--sub", default=None, help="database user the client logs in as (default: OS user)")
-    s.add_argument("--db", required=True, help="database the token is for")
-    s.add_argument("--scope", required=True, help="read, write or ddl")
+    s.add_argument("--db", help="database the token is for (bare token)")
+    s.add_argument("--scope", help="read, write or ddl (bare token)")
     s.add_argument("--ttl", default="30m", help="lifetime: 90s, 30m, 2h, 1h30m (default 30m)")
     s.add_argument("--reason", default="", help="why access is needed (recorded)")
     s.add_argument("--ticket", help="ticket reference")
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, help="login timeout in seconds (default: server.connect_timeout)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_doctor)
+
+    from . import cli_grants
+    cli_grants.register(sub)
     return p
 
 
@@ -138,6 +144,13 @@ def cmd_token(args) -> int:
     from . import config as config_mod
     from .keys import load_private_key
 
+    if args.id is not None:
+        if args.db or args.scope or args.sub or args.key:
+            raise CLIError("token ID mints the grant's own token: --db, --scope, --sub and --key do not apply")
+        from .cli_grants import run_token
+        return run_token(args)
+    if not args.db or not args.scope:
+        raise CLIError("token: give a grant id (pgwarden token ID) or --db and --scope for a bare token")
     key_path, kid, audience = args.key, args.kid, args.audience
     if args.config:
         try:

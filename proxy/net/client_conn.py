@@ -39,6 +39,7 @@ from ..wire.errors import ClientProtocolError, ProtocolError, ServerProtocolErro
 from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
+from .grant_watch import GrantRefused
 from .tls import MemoryTLS
 from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
 
@@ -57,6 +58,7 @@ class ClientConn(asyncio.Protocol):
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
         "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
         "sync_points", "deadline", "deadline_reason", "timer", "warned", "pending_notices", "end_reason",
+        "session_id", "grant_recorded",
     )
 
     def __init__(self, server) -> None:
@@ -96,6 +98,8 @@ class ClientConn(asyncio.Protocol):
         self.warned: set[float] = set()
         self.pending_notices: list[bytes] = []   # injected only between server messages
         self.end_reason = "client closed"
+        self.session_id = new_session_id(self.started_at)
+        self.grant_recorded = False              # the grant store holds this session's start
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -302,6 +306,18 @@ class ClientConn(asyncio.Protocol):
 
     async def _connect_upstream(self, updb: str, settings: dict[str, str], client_app: str) -> None:
         scope = self.scope
+        watch = self.server.grants
+        if watch is not None:
+            claims = self.claims
+            try:
+                grant = await watch.admit(claims, time.time())
+            except GrantRefused as e:
+                self.log.info("auth_refused", check="grant", reason=str(e))
+                self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION, f"pgwarden: {e}")
+                return
+            if self.phase == CLOSED:
+                return
+            self.set_deadline(grant.expires_at, f"grant {grant.id} expired at {tokens.format_ts(grant.expires_at)}")
         try:
             result = await asyncio.wait_for(
                 open_and_login(self.cfg.upstream, database=updb, role=scope.role, password=scope.password,
@@ -347,6 +363,9 @@ class ClientConn(asyncio.Protocol):
         self._arm_timer()
         self.log.info("session_start", upstream_pid=self.up_pid, tls=self.tls is not None,
                       upstream_tls=result.tls_version)
+        if watch is not None:
+            watch.session_started(self.claims.jti, self.session_id, self.claims.sub, self.started_at)
+            self.grant_recorded = True
         if leftover:
             self.on_server_data(leftover)
         self.resume_client_reading()
@@ -653,11 +672,20 @@ class ClientConn(asyncio.Protocol):
                     pass
                 self.up_transport.close()
             self.up_transport = None
+        if self.grant_recorded:
+            self.grant_recorded = False
+            self.server.grants.session_ended(self.claims.jti, self.session_id, self.claims.sub, self.started_at,
+                                             time.time(), self.end_reason)
         self.server.forget(self)
 
 
 class _Stop(Exception):
     pass
+
+
+def new_session_id(now: float) -> str:
+    """``20250102T030405-1a2b3c4d5e6f``: sortable by start time, unique, safe in a file name."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(6)
 
 
 def _human(seconds: float) -> str:
@@ -679,7 +707,7 @@ def _is_loopback(peer) -> bool:
 
 
 def _tag_app_name(app: str, sub: str, grant: str) -> str:
-    tag = f"pgwarden:{sub}:{grant[:12]}"
+    tag = f"pgwarden:{sub}:{grant[:16]}"
     name = f"{app} ({tag})" if app else tag
     raw = name.encode()
     if len(raw) <= APP_NAME_MAX:

@@ -40,6 +40,10 @@ class ProxyServer:
         self.peers = None                    # CancelPeers when running as one of several workers
         self.judge = Judge(max_length=config.max_statement_length)
         self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length)
+        self.grants = None                   # GrantWatch when the config has a [grants] store
+        if config.grants is not None:
+            from .grant_watch import GrantWatch
+            self.grants = GrantWatch(self, config.grants)
 
     async def start(self) -> None:
         cfg = self.config
@@ -48,6 +52,8 @@ class ProxyServer:
             reuse_port=True if (self.peers is not None or cfg.workers > 1) else None, backlog=1024)
         if self.peers is not None:
             await self.peers.start(self)
+        if self.grants is not None:
+            self.grants.start()
         socks = self._server.sockets
         self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
         log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)
@@ -95,6 +101,8 @@ class ProxyServer:
             s.shutdown("pgwarden is shutting down" + (" (drain deadline reached)" if drain else ""))
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2)
+        if self.grants is not None:
+            await self.grants.close()
         self.stopped.set()
 
 

@@ -1,12 +1,11 @@
 """Grants end to end: the grant commands as subprocesses, psql through a real proxy.
 
 request (alice) -> approve (bob) -> token -> psql connects -> revoke (bob) ->
-a new connection is refused with "revoked by bob at T: reason".  The last
-step needs the proxy to check the grant store at connect; until it does, that
-test is an expected failure.
+a new connection is refused with "revoked by bob at T: reason", and a live
+session of the grant is cut.
 
-The commands run through ``proxy.cli_grants.main`` (the same code ``pgwarden
-request ...`` runs once the commands are registered in proxy/cli.py).
+The commands run through ``proxy.cli.main``, the code the ``pgwarden``
+console script runs, each in its own process.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config as config_mod
 from proxy.demo import write_config
 
 from .conftest import DB, Proxy, free_port
@@ -30,7 +28,7 @@ from .conftest import DB, Proxy, free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNER = "import sys; from proxy.cli_grants import main; sys.exit(main())"
+RUNNER = "import sys; from proxy.cli import main; sys.exit(main())"
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
 GRANTS_SECTION = """
@@ -52,8 +50,8 @@ break_glass = true
 
 
 class Env:
-    def __init__(self, workdir: Path, config: Path, proxy: Proxy, wired: bool) -> None:
-        self.workdir, self.config, self.proxy, self.wired = workdir, config, proxy, wired
+    def __init__(self, workdir: Path, config: Path, proxy: Proxy) -> None:
+        self.workdir, self.config, self.proxy = workdir, config, proxy
 
     def cli(self, *args: str, check: int | None = 0, config: Path | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, PGWARDEN_CONFIG=str(config or self.config))
@@ -77,17 +75,6 @@ class Env:
                               capture_output=True, text=True, timeout=60)
 
 
-def _proxy_accepts_grants(cfg: Path) -> bool:
-    """True once proxy/config.py knows the [grants] section (the proxy is wired)."""
-    try:
-        config_mod.load(cfg)
-    except config_mod.ConfigError as e:
-        if "grants" in str(e):
-            return False
-        raise
-    return True
-
-
 @pytest.fixture(scope="module")
 def env(pg, scope_roles, proxy_assets):
     if shutil.which("psql") is None:
@@ -98,15 +85,9 @@ def env(pg, scope_roles, proxy_assets):
     port = free_port()
     cfg = write_config(work, pg_host=pg.host, pg_port=pg.port, scope_roles=scope_roles, listen_port=port,
                        kid=kp.kid, private_path=kp.private_path, public_path=kp.public_path, cert=cert, key=key)
-    plain = cfg.read_text()
-    cfg.write_text(plain + GRANTS_SECTION)
-    wired = _proxy_accepts_grants(cfg)
-    proxy_cfg = cfg
-    if not wired:
-        proxy_cfg = work / "proxy.toml"          # the proxy without [grants]: it does not know the section yet
-        proxy_cfg.write_text(plain)
-    p = Proxy(work, proxy_cfg, port, kp).start()
-    yield Env(work, cfg, p, wired)
+    cfg.write_text(cfg.read_text() + GRANTS_SECTION)
+    p = Proxy(work, cfg, port, kp).start()
+    yield Env(work, cfg, p)
     p.stop()
 
 
@@ -149,9 +130,7 @@ def test_request_approve_token_psql_revoke(env):
     assert events == ["request", "approve", "issue", "issue", "revoke"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs proxy wiring: the proxy must check the grant store at connect")
 def test_revoked_grant_refused_at_connect(env):
-    assert env.wired, "proxy/config.py does not accept [grants] yet"
     gid = env.request()
     env.cli("approve", gid, "--as", "bob")
     token = env.json("token", gid, "--as", "alice")["token"]
@@ -171,9 +150,7 @@ def test_revoked_grant_refused_at_connect(env):
     assert "session" in env.cli("grant", "show", gid).stdout
 
 
-@pytest.mark.xfail(strict=False, reason="needs proxy wiring: the proxy must watch the store and cut sessions")
 def test_revocation_cuts_a_live_session(env):
-    assert env.wired, "proxy/config.py does not accept [grants] yet"
     gid = env.request()
     env.cli("approve", gid, "--as", "bob")
     token = env.json("token", gid, "--as", "alice")["token"]
@@ -195,6 +172,49 @@ def test_revocation_cuts_a_live_session(env):
     assert live.returncode != 0
     assert re.search(rf"grant {gid} revoked by bob at {TS}: incident over", err), err
     assert took < 2.0                              # DESIGN: within a second (plus CLI start-up)
+
+
+def test_early_end_cuts_a_live_session_and_frees_the_backend(env, admin):
+    gid = env.request(scope="read")                 # auto-approved
+    token = env.json("token", gid, "--as", "alice")["token"]
+    env_vars = dict(os.environ, PGHOST=env.proxy.host, PGPORT=str(env.proxy.port), PGUSER="alice", PGDATABASE=DB,
+                    PGPASSWORD=token, PGSSLMODE="require")
+    live = subprocess.Popen(["psql", "-X", "-At", "-c", "select pg_sleep(30)"], env=env_vars,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tag = f"%{gid}%"
+    try:
+        deadline = time.monotonic() + 10
+        while not admin("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s"
+                        " AND query LIKE 'select pg_sleep%%'", (tag,))[0][0]:
+            assert time.monotonic() < deadline, "the statement never reached the server"
+            time.sleep(0.05)
+        env.cli("end", gid, "--as", "alice")
+        _, err = live.communicate(timeout=10)
+    finally:
+        if live.poll() is None:
+            live.kill()
+            live.wait()
+    assert live.returncode != 0
+    assert re.search(rf"grant {gid} ended by alice at {TS}", err), err
+    deadline = time.monotonic() + 1.5
+    while admin("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (tag,))[0][0]:
+        assert time.monotonic() < deadline, "the upstream backend outlived the grant"
+        time.sleep(0.05)
+    sessions = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        sessions = env.json("grant", "show", gid)["sessions"]
+        if sessions and sessions[0]["ended_at"]:
+            break
+        time.sleep(0.1)
+    assert sessions[0]["end_reason"] == "ended", sessions
+
+
+def test_token_without_a_grant_is_refused(env):
+    """With a [grants] store, a token the store does not know (minted by hand) does not get in."""
+    out = env.psql(env.proxy.token("read", sub="alice"))
+    assert out.returncode != 0
+    assert "is not known to this proxy's grant store" in out.stderr, out.stderr
 
 
 # ------------------------------------------------------------- refusals
