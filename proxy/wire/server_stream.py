@@ -7,9 +7,16 @@ look at headers, forward ranges). It tracks what pgwarden needs:
 - ReadyForQuery and its transaction status byte ('I', 'T', 'E'),
 - ErrorResponses, which are held until whole when a rewrite hook is set, so
   that a denial substituted upstream can be turned into pgwarden's own 42501
-  error before the client sees it.
+  error before the client sees it,
+- when a message hook is set (the session recording): the bodies of the
+  few messages that end or describe a statement (WATCHED: CommandComplete,
+  EmptyQueryResponse, PortalSuspended, ErrorResponse, CopyIn/Out/Both
+  responses, ReadyForQuery), given to the hook once whole, and the bytes of
+  CopyData. DataRows are never looked at: a row count comes from the
+  CommandComplete tag.
 
-Only an ErrorResponse being held is ever copied.
+Only an ErrorResponse being held is ever copied; a watched message split
+across chunks is forwarded at once and its body collected on the side.
 """
 
 from __future__ import annotations
@@ -17,17 +24,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from .constants import PqMsg_ErrorResponse, PqMsg_ReadyForQuery
+from .constants import (PqMsg_CommandComplete, PqMsg_CopyBothResponse, PqMsg_CopyData, PqMsg_CopyInResponse,
+                        PqMsg_CopyOutResponse, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse, PqMsg_PortalSuspended,
+                        PqMsg_ReadyForQuery)
 from .errors import ServerProtocolError
 
 _HDR = struct.Struct("!Bi")
 MAX_ERROR_SIZE = 1 << 20
+WATCHED = frozenset((PqMsg_CommandComplete, PqMsg_EmptyQueryResponse, PqMsg_PortalSuspended, PqMsg_ErrorResponse,
+                     PqMsg_CopyInResponse, PqMsg_CopyOutResponse, PqMsg_CopyBothResponse, PqMsg_ReadyForQuery))
 
 
 class ServerStream:
-    __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "on_error", "ready_count")
+    __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "on_error", "ready_count",
+                 "on_message", "side", "copy_bytes")
 
-    def __init__(self, on_error: Callable[[bytes], bytes | None] | None = None) -> None:
+    def __init__(self, on_error: Callable[[bytes], bytes | None] | None = None,
+                 on_message: Callable[[int, bytes], None] | None = None) -> None:
         self.remaining = 0              # bytes of the current message body not yet seen
         self.header = b""               # a header split across chunks
         self.cur_type = 0               # type of the message whose body is in progress
@@ -35,6 +48,9 @@ class ServerStream:
         self.txn_status = b"I"
         self.on_error = on_error        # ErrorResponse body -> replacement message, or None to keep
         self.ready_count = 0
+        self.on_message = on_message    # (type, body) of each WATCHED message, once whole
+        self.side: bytearray | None = None   # body of a watched message split across chunks
+        self.copy_bytes = 0             # CopyData payload bytes seen (with on_message only)
 
     def feed(self, data: bytes) -> bytes:
         if self.header:
@@ -44,12 +60,16 @@ class ServerStream:
         pos = 0
         out = None                      # stays None while the chunk goes out untouched
         start = 0                       # first byte not yet copied into out
+        on_message = self.on_message
         if self.remaining:
             take = min(self.remaining, n)
             if self.held is not None:
                 self.held += data[:take]
-            elif self.cur_type == PqMsg_ReadyForQuery:
-                self.txn_status = data[0:1]
+            else:
+                if self.cur_type == PqMsg_ReadyForQuery:
+                    self.txn_status = data[0:1]
+                if self.side is not None:
+                    self.side += data[:take]
             self.remaining -= take
             pos = take
             if self.held is not None:
@@ -58,6 +78,9 @@ class ServerStream:
                 if self.remaining:
                     return bytes(out)
                 out += self._release_error()
+            elif self.side is not None and not self.remaining:
+                body, self.side = bytes(self.side), None
+                on_message(self.cur_type, body)
         while pos < n:
             if n - pos < 5:
                 self.header = bytes(data[pos:])
@@ -87,6 +110,16 @@ class ServerStream:
                 out += self._release_error()
                 pos = start = end
                 continue
+            if on_message is not None:
+                if mtype == PqMsg_CopyData:
+                    self.copy_bytes += length - 4
+                elif mtype in WATCHED:
+                    if length > MAX_ERROR_SIZE:
+                        raise ServerProtocolError(f"server sent an oversized {chr(mtype)!r} message")
+                    if end <= n:
+                        on_message(mtype, bytes(data[pos + 5:end]))
+                    else:
+                        self.side = bytearray(data[pos + 5:n])
             if end > n:
                 self.remaining = end - n
                 self.cur_type = mtype
@@ -106,4 +139,6 @@ class ServerStream:
         msg = bytes(self.held)
         self.held = None
         replacement = self.on_error(msg[5:]) if self.on_error is not None else None
+        if self.on_message is not None:
+            self.on_message(PqMsg_ErrorResponse, msg[5:])
         return msg if replacement is None else replacement

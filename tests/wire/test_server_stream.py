@@ -63,3 +63,34 @@ def test_untouched_chunk_is_forwarded_as_is():
 def test_invalid_length_is_the_servers_fault():
     with pytest.raises(ServerProtocolError):
         ServerStream(None).feed(b"D\x00\x00\x00\x02")
+
+
+watched_message = st.one_of(
+    message,
+    st.binary(max_size=200).map(lambda b: encode.message(b"d", b)),
+    st.sampled_from([b"INSERT 0 3\x00", b"COPY 10\x00", b"UPDATE 0\x00"]).map(lambda t: encode.message(b"C", t)),
+    st.sampled_from([b"I", b"s", b"G", b"H"]).map(lambda t: encode.message(t, b"\x00\x00\x00" if t in b"GH" else b"")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(watched_message, max_size=40), st.lists(st.integers(1, 64), max_size=200), st.booleans())
+def test_message_hook_sees_every_watched_message_whole_in_any_chunking(msgs, cuts, rewrite_on):
+    """The recording's view: each statement-ending message once, whole, in order; CopyData counted."""
+    seen: list[tuple[int, bytes]] = []
+    data = b"".join(msgs)
+    s = ServerStream(rewrite if rewrite_on else None, lambda t, body: seen.append((t, body)))
+    out = feed_in_chunks(s, data, cuts)
+    if rewrite_on:
+        assert out == b"".join(DENIAL if m[:1] == b"E" and MARK.encode() in m else m for m in msgs)
+    else:
+        assert out == data
+    assert seen == [(m[0], m[5:]) for m in msgs if m[:1] in b"CIsEGHWZ" and len(m[:1]) == 1]
+    assert s.copy_bytes == sum(len(m) - 5 for m in msgs if m[:1] == b"d")
+    assert s.at_boundary
+
+
+def test_no_message_hook_no_copy_count():
+    s = ServerStream(None)
+    s.feed(encode.message(b"d", b"abc") + encode.message(b"C", b"COPY 1\x00"))
+    assert s.copy_bytes == 0
