@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from policy.sql.catalog import DEFAULT_CATALOG
+from policy.sql.catalog import DEFAULT_CATALOG, Catalog
 from policy.sql.classes import StatementClass
 
 # Parameters that are part of the protocol, not settings.
@@ -98,7 +98,7 @@ def is_utf8(encoding: str) -> bool:
     return encoding.strip().strip("'\"").lower().replace("-", "").replace("_", "") in ("utf8", "unicode")
 
 
-def check_setting(name: str, value: str) -> str | None:
+def check_setting(name: str, value: str, catalog: Catalog = DEFAULT_CATALOG) -> str | None:
     """None when the setting may pass; otherwise the reason it may not.
 
     A startup setting passes exactly when the same SET would be allowed in every
@@ -115,14 +115,19 @@ def check_setting(name: str, value: str) -> str | None:
     if key == "client_encoding" and not is_utf8(value):
         return (f"client_encoding {value} is not supported through pgwarden: statements are checked as "
                 "UTF-8 text, so the client must use UTF8")
-    verdict = DEFAULT_CATALOG.setting_verdict(key, (value,))
+    verdict = catalog.setting_verdict(key, (value,))
     if verdict.statement_class is StatementClass.TRANSACTION:
         return None
     return f"setting {name} cannot be set through pgwarden ({verdict.reason}) [rule {verdict.rule_id}]"
 
 
-def filter_startup(params: dict[str, str]) -> dict[str, str]:
-    """The settings (name -> value) to pass upstream, user/database excluded; raises StartupRefused."""
+def filter_startup(params: dict[str, str], catalog: Catalog | None = None) -> dict[str, str]:
+    """The settings (name -> value) to pass upstream, user/database excluded; raises StartupRefused.
+
+    ``catalog``: the classifier's catalog with the operator's additions (a setting the operator
+    guards is refused here too); default: the built-in one.
+    """
+    catalog = DEFAULT_CATALOG if catalog is None else catalog
     settings: dict[str, str] = {}
     for name, value in params.items():
         if name in ("user", "database"):
@@ -138,7 +143,7 @@ def filter_startup(params: dict[str, str]) -> dict[str, str]:
         else:
             pairs = [(name, value)]
         for n, v in pairs:
-            reason = check_setting(n, v)
+            reason = check_setting(n, v, catalog)
             if reason:
                 raise StartupRefused(reason)
             settings[n] = v

@@ -30,6 +30,7 @@ class ScopeConfig:
     role: str
     password: str | None
     read_only: bool
+    classes: tuple[str, ...] = ()        # statement classes the scope allows (policy.scopes names)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class UpstreamConfig:
     sslmode: str
     sslrootcert: Path | None
     databases: dict[str, str] | None     # client db -> upstream db; None: pass through
+    enforce: bool = True                 # False: shadow mode, would-be denials are logged and let through
 
     @property
     def is_unix(self) -> bool:
@@ -74,10 +76,17 @@ class Config:
     grants: Any = None                   # proxy.store.config.GrantsConfig when [grants] is present
     audit: Any = None                    # proxy.audit.config.AuditConfig when [audit] is present
     metrics_listen: str | None = None    # "host:port" of the Prometheus endpoint, None: off
+    catalog: Any = None                  # policy.sql.catalog.Catalog with the operator's [classifier] lists
 
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def policy_scopes(self):
+        """The configured scopes as policy.scopes.Scope values (name -> Scope)."""
+        from policy.scopes import build_scopes
+        return build_scopes({name: sc.classes for name, sc in self.scopes.items()})
 
 
 _KNOWN = {
@@ -85,8 +94,10 @@ _KNOWN = {
                "connect_timeout", "max_message_size", "workers", "max_statement_length",
                "expiry_warnings", "drain_timeout", "metrics_listen"},
     "tokens": {"audience", "public_keys", "signing_key", "signing_kid"},
-    "upstream": {"host", "port", "sslmode", "sslrootcert", "databases"},
-    "scope": {"role", "password_env", "password_file", "read_only"},
+    "upstream": {"host", "port", "sslmode", "sslrootcert", "databases", "enforce"},
+    "scope": {"role", "password_env", "password_file", "read_only", "classes"},
+    "classifier": {"readsafe_functions", "write_functions", "admin_functions", "operators",
+                   "harmless_settings", "guarded_settings", "allow_custom_settings"},
 }
 
 
@@ -103,10 +114,10 @@ def load(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
 
 def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> Config:
     env = os.environ if env is None else env
-    unknown = set(raw) - {"server", "tokens", "upstream", "scopes", "grants", "audit"}
+    unknown = set(raw) - {"server", "tokens", "upstream", "scopes", "grants", "audit", "classifier"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; "
-                          "expected server, tokens, upstream, scopes, grants, audit")
+                          "expected server, tokens, upstream, scopes, classifier, grants, audit")
     server = _table(raw, "server")
     tokens = _table(raw, "tokens")
     up = _table(raw, "upstream")
@@ -158,12 +169,17 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
     host = _str(up, "host", "upstream", None)
     if not host:
         raise ConfigError("upstream.host: required (a host name, IP address or unix-socket directory)")
+    enforce = up.get("enforce", True)
+    if not isinstance(enforce, bool):
+        raise ConfigError("upstream.enforce: expected true (deny statements outside the scope) or false "
+                          "(shadow mode: log would-be denials and let them through)")
     upstream = UpstreamConfig(
         host=host,
         port=_int(up, "port", "upstream", 5432, 1, 65535),
         sslmode=sslmode,
         sslrootcert=p(up.get("sslrootcert"), "upstream.sslrootcert"),
         databases=dict(databases) if databases is not None else None,
+        enforce=enforce,
     )
     if sslmode == "verify-full" and upstream.is_unix:
         raise ConfigError("upstream.sslmode: verify-full makes no sense over a unix socket")
@@ -194,11 +210,17 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
                 password = fp.read_text().rstrip("\r\n")
             except OSError as e:
                 raise ConfigError(f"{key}.password_file: cannot read {fp}: {e.strerror}") from None
-        read_only = t.get("read_only", name == "read")
+        classes = _scope_classes(t, key, name)
+        derived = _policy_scope(name, classes, key).read_only
+        read_only = t.get("read_only", derived)
         if not isinstance(read_only, bool):
             raise ConfigError(f"{key}.read_only: expected true or false")
-        scopes[name] = ScopeConfig(name, role, password, read_only)
+        if derived and not read_only:
+            raise ConfigError(f"{key}.read_only: the scope allows no write, two-phase or ddl statement, so its "
+                              "sessions always start read-only; read_only = false is not allowed")
+        scopes[name] = ScopeConfig(name, role, password, read_only, classes)
 
+    catalog = _classifier_catalog(raw.get("classifier"))
     signing_key = p(tokens.get("signing_key"), "tokens.signing_key")
     from .audit.config import from_table as audit_from_table
     from .store.config import grants_config_from_dict
@@ -233,7 +255,59 @@ def from_dict(raw: dict, *, base: Path, path: Path | None = None, env=None) -> C
         grants=grants,
         audit=audit,
         metrics_listen=metrics_listen,
+        catalog=catalog,
     )
+
+
+def _scope_classes(t: dict, key: str, name: str) -> tuple[str, ...]:
+    """A scope's statement classes: `classes = [...]`, or policy's default for read, write and ddl."""
+    from policy.scopes import DEFAULT_SCOPES
+    from policy.sql.classes import RANK
+    raw = t.get("classes")
+    if raw is None:
+        default = DEFAULT_SCOPES.get(name)
+        if default is None:
+            known = ", ".join(DEFAULT_SCOPES)
+            raise ConfigError(f"{key}.classes: required for a scope not named {known} "
+                              "(e.g. classes = [\"read\", \"transaction\"])")
+        return tuple(c.value for c in sorted(default.classes, key=RANK.__getitem__))
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
+        raise ConfigError(f"{key}.classes: expected a non-empty list of statement classes, "
+                          "e.g. [\"read\", \"transaction\"]")
+    _policy_scope(name, raw, key)
+    return tuple(dict.fromkeys(c.strip().lower() for c in raw))
+
+
+def _policy_scope(name: str, classes, key: str):
+    from policy.scopes import build_scopes
+    try:
+        return build_scopes({name: list(classes)})[name]
+    except ValueError as e:
+        raise ConfigError(f"{key}.classes: {e}") from None
+
+
+_CATALOG_LISTS = ("readsafe_functions", "write_functions", "admin_functions", "operators",
+                  "harmless_settings", "guarded_settings")
+
+
+def _classifier_catalog(t):
+    """policy's built-in catalog extended with the operator's [classifier] lists."""
+    from policy.sql.catalog import DEFAULT_CATALOG
+    if t is None:
+        return DEFAULT_CATALOG
+    if not isinstance(t, dict):
+        raise ConfigError("classifier: expected a table [classifier]")
+    _check_keys(t, "classifier", _KNOWN["classifier"])
+    lists = {}
+    for name in _CATALOG_LISTS:
+        value = t.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"classifier.{name}: expected a list of names (\"name\" or \"schema.name\")")
+        lists[name] = [v.strip() for v in value]
+    custom = t.get("allow_custom_settings")
+    if custom is not None and not isinstance(custom, bool):
+        raise ConfigError("classifier.allow_custom_settings: expected true or false")
+    return DEFAULT_CATALOG.extended(**lists, allow_custom_settings=custom)
 
 
 def _warnings(value) -> tuple[float, ...]:

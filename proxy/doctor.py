@@ -165,8 +165,10 @@ class Report:
 
 
 def scope_classes(sc: ScopeConfig, scopes=DEFAULT_SCOPES) -> Scope:
-    """The statement classes a configured scope allows (policy's defaults; read_only decides for
-    a scope name policy does not know)."""
+    """The statement classes a configured scope allows: its `classes` from the config (policy's
+    defaults for read, write and ddl); read_only decides for a scope built without them."""
+    if sc.classes:
+        return Scope(sc.name, frozenset(StatementClass(c) for c in sc.classes))
     known = scopes.get(sc.name)
     if known is not None:
         return known

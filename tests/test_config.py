@@ -261,3 +261,141 @@ def test_check_config(files):
     assert env_ok.returncode == 0 and "ok" in env_ok.stdout, env_ok.stderr
     proc = _pgwarden("check-config", "--config", str(good))
     assert proc.returncode != 0 and "scopes.write.password_env" in proc.stderr
+
+
+# --------------------------------------------------------------------------- scope classes, classifier lists, shadow mode
+
+
+def test_default_scopes_get_policys_classes(files):
+    from policy.scopes import DEFAULT_SCOPES
+
+    d, _ = files
+    cfg = load(write(d, scopes=SCOPES + '[scopes.ddl]\nrole = "pgw_ddl"\npassword_env = "PGW_TEST_WRITE_PW"\n'),
+               env=ENV)
+    for name in ("read", "write", "ddl"):
+        assert cfg.policy_scopes[name].classes == DEFAULT_SCOPES[name].classes
+    assert cfg.scopes["read"].read_only and not cfg.scopes["ddl"].read_only
+    assert cfg.upstream.enforce is True
+
+
+def test_scope_classes_are_configurable(files):
+    from policy.sql.classes import StatementClass as C
+
+    d, _ = files
+    scopes = SCOPES + ('[scopes.analyst]\nrole = "pgw_read"\npassword_file = "secrets/read"\n'
+                       'classes = ["read", "transaction"]\n'
+                       '[scopes.loader]\nrole = "pgw_write"\npassword_env = "PGW_TEST_WRITE_PW"\n'
+                       'classes = ["READ", "write", "transaction"]\n'
+                       '[scopes.read_tight]\nrole = "pgw_read"\npassword_file = "secrets/read"\n'
+                       'classes = ["read"]\n')
+    cfg = load(write(d, scopes=scopes), env=ENV)
+    assert cfg.policy_scopes["analyst"].classes == {C.READ, C.TRANSACTION}
+    assert cfg.policy_scopes["loader"].classes == {C.READ, C.WRITE, C.TRANSACTION}
+    assert cfg.policy_scopes["read_tight"].classes == {C.READ}
+    # read_only follows the classes: no write/ddl/two-phase class -> the session starts read-only
+    assert cfg.scopes["analyst"].read_only and cfg.scopes["read_tight"].read_only
+    assert not cfg.scopes["loader"].read_only
+
+
+def test_write_scope_can_be_narrowed(files):
+    from policy.sql.classes import StatementClass as C
+
+    d, _ = files
+    cfg = load(write(d, scopes=SCOPES.replace('password_env = "PGW_TEST_WRITE_PW"\n',
+                                              'password_env = "PGW_TEST_WRITE_PW"\nclasses = ["read"]\n')), env=ENV)
+    assert cfg.policy_scopes["write"].classes == {C.READ}
+    assert cfg.scopes["write"].read_only
+
+
+@pytest.mark.parametrize("classes, needles", [
+    (None, ["scopes.custom.classes", "required"]),
+    ('["read", "admin"]', ["scopes.custom.classes", "admin", "never"]),
+    ('["read", "unknown"]', ["scopes.custom.classes", "unknown", "never"]),
+    ('["read", "superpowers"]', ["scopes.custom.classes", "superpowers", "one of"]),
+    ('[]', ["scopes.custom.classes", "non-empty list"]),
+    ('"read"', ["scopes.custom.classes", "list"]),
+])
+def test_scope_classes_errors_name_the_key(files, classes, needles):
+    d, _ = files
+    extra = '[scopes.custom]\nrole = "r"\npassword_env = "PGW_TEST_WRITE_PW"\n'
+    if classes is not None:
+        extra += f"classes = {classes}\n"
+    msg = error(write(d, scopes=SCOPES + extra))
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_read_only_false_refused_for_a_read_only_scope(files):
+    d, _ = files
+    msg = error(write(d, scopes=SCOPES.replace('password_file = "secrets/read"\n',
+                                               'password_file = "secrets/read"\nread_only = false\n')))
+    assert "scopes.read.read_only" in msg and "read-only" in msg, msg
+
+
+def test_read_only_true_may_narrow_a_write_scope(files):
+    d, _ = files
+    cfg = load(write(d, scopes=SCOPES + 'read_only = true\n'), env=ENV)
+    assert cfg.scopes["write"].read_only is True
+
+
+def test_shadow_mode_flag(files):
+    d, _ = files
+    assert load(write(d, upstream=UPSTREAM + "enforce = false\n"), env=ENV).upstream.enforce is False
+    msg = error(write(d, upstream=UPSTREAM + 'enforce = "no"\n'))
+    assert "upstream.enforce" in msg and "shadow" in msg, msg
+
+
+def test_classifier_lists_extend_the_catalog(files):
+    from policy.sql.classes import StatementClass as C
+    from policy.sql.classify import classify
+
+    d, _ = files
+    extra = ('[classifier]\nreadsafe_functions = ["reports.monthly_totals"]\n'
+             'write_functions = ["audit.log_event"]\nadmin_functions = ["app.run_sql", "pg_sleep"]\n'
+             'harmless_settings = ["work_mem"]\nguarded_settings = ["app.tenant"]\n')
+    cfg = load(write(d, extra=extra), env=ENV)
+    cat = cfg.catalog
+
+    def cls(sql):
+        return classify(sql, catalog=cat).statements[0].statement_class
+
+    assert cls("SELECT reports.monthly_totals()") is C.READ
+    assert classify("SELECT reports.monthly_totals()").statements[0].statement_class is C.WRITE   # built-in: unvouched
+    assert cls("SELECT audit.log_event('x')") is C.WRITE
+    assert cls("SELECT app.run_sql('delete from t')") is C.ADMIN
+    assert cls("SELECT pg_sleep(1)") is C.ADMIN                # the operator may deny a vouched built-in
+    assert cls("SET app.tenant = 'other'") is C.ADMIN
+    assert classify("SET app.tenant = 'other'").statements[0].statement_class is C.TRANSACTION
+    # the operator's guarded settings are refused in the startup packet too
+    from policy.startup import StartupRefused, filter_startup
+    with pytest.raises(StartupRefused, match="app.tenant"):
+        filter_startup({"user": "u", "options": "-c app.tenant=other"}, cat)
+    assert filter_startup({"user": "u", "options": "-c app.tenant=other"}) == {"app.tenant": "other"}
+
+
+def test_classifier_cannot_lift_a_deny_list(files):
+    from policy.sql.classes import StatementClass as C
+    from policy.sql.classify import classify
+
+    d, _ = files
+    cfg = load(write(d, extra='[classifier]\nreadsafe_functions = ["pg_read_file", "nextval"]\n'), env=ENV)
+    assert classify("SELECT pg_read_file('/etc/passwd')", catalog=cfg.catalog).statements[0].statement_class is C.ADMIN
+    assert classify("SELECT nextval('s')", catalog=cfg.catalog).statements[0].statement_class is C.WRITE
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ('[classifier]\nadmin_functions = "dblink"\n', "classifier.admin_functions"),
+    ('[classifier]\nwrite_functions = [1]\n', "classifier.write_functions"),
+    ('[classifier]\nreadsafe_function = ["x"]\n', "classifier: unknown key"),
+    ('[classifier]\nallow_custom_settings = "yes"\n', "classifier.allow_custom_settings"),
+])
+def test_classifier_errors_name_the_key(files, extra, needle):
+    d, _ = files
+    assert needle in error(write(d, extra=extra))
+
+
+def test_without_classifier_section_the_builtin_catalog(files):
+    from policy.sql.catalog import DEFAULT_CATALOG
+
+    d, _ = files
+    assert load(write(d), env=ENV).catalog is DEFAULT_CATALOG

@@ -289,7 +289,7 @@ class ClientConn(asyncio.Protocol):
             self.fatal("3D000", f"pgwarden: database {claims.db!r} is not served by this proxy")
             return
         try:
-            settings = filter_startup(self.params)
+            settings = filter_startup(self.params, self.cfg.catalog)
         except StartupRefused as e:
             self.log.info("auth_refused", check="startup_parameter", reason=str(e))
             self.fatal(c.SQLSTATE_INSUFFICIENT_PRIVILEGE, f"pgwarden: {e}")
@@ -431,7 +431,7 @@ class ClientConn(asyncio.Protocol):
                 if kind == "S":
                     enforcer.closed_statement(name)
                     self.sql_prepared.pop(name, None)
-            elif mtype == c.PqMsg_FunctionCall:
+            elif mtype == c.PqMsg_FunctionCall and gate.deny_function_call(self):
                 self.log.info("statement_denied", rule="admin.function_call", via="FunctionCall")
                 sub = enforcer.deny_function_call(
                     "pgwarden: the fast-path FunctionCall message is admin class and never allowed "

@@ -10,6 +10,10 @@ holds its later messages; other sessions go on. The worker takes the
 shortest waiting text first (cost grows with length): a session sending
 60 KB expressions over and over cannot make another session's 6 KB IN list
 wait behind all of them.
+
+Shadow mode (``[upstream] enforce = false``): a would-be denial is logged
+(``statement_would_be_denied``, with the rule and class) and the statement
+is let through, so a deployment can be rolled out without breaking clients.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ WORKER_STACK = 512 << 20       # bytes of stack for the classification thread
 
 
 class PolicyGate:
-    def __init__(self, loop, judge, *, max_length: int = 65536) -> None:
+    def __init__(self, loop, judge, *, max_length: int = 65536, enforce: bool = True) -> None:
         """judge(text, scope_name, sql_prepared) -> Verdict; pure, may be slow, may not raise."""
         self.loop = loop
         self.judge_fn = judge
         self.max_length = max_length
+        self.enforce = enforce
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._results: dict[tuple[str, str], Verdict] = {}
@@ -41,6 +46,29 @@ class PolicyGate:
 
     def judge(self, text: str, session) -> Verdict | None:
         """The verdict now, or None: the session must wait for session.on_verdict(text)."""
+        verdict = self._judge(text, session)
+        if verdict is None or verdict.allowed or self.enforce:
+            return verdict
+        return self.shadow(session, verdict.rule, verdict.statement_class, verdict.message)
+
+    def deny_function_call(self, session) -> bool:
+        """The fast-path FunctionCall message is admin class: denied, unless in shadow mode."""
+        if self.enforce:
+            return True
+        self.shadow(session, "admin.function_call", "admin",
+                    "pgwarden: the fast-path FunctionCall message is admin class and never allowed "
+                    "[rule admin.function_call]")
+        return False
+
+    @staticmethod
+    def shadow(session, rule: str, statement_class: str, message: str) -> Verdict:
+        # The denial message names the command, its class and the rule; the statement text (which
+        # may hold secrets, e.g. a PASSWORD literal) belongs in the audit recording, not here.
+        session.log.warning("statement_would_be_denied", rule=rule, statement_class=statement_class,
+                            reason=message, shadow=True)
+        return Verdict(True, "", rule, statement_class)
+
+    def _judge(self, text: str, session) -> Verdict | None:
         scope = session.claims.scope
         done = self._results.pop((scope, text), None)
         if done is not None:

@@ -38,8 +38,9 @@ class ProxyServer:
         self.cuts: dict[str, int] = {}
         self.cut_lags: list[float] = []
         self.peers = None                    # CancelPeers when running as one of several workers
-        self.judge = Judge(max_length=config.max_statement_length)
-        self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length)
+        self.judge = Judge(config.policy_scopes, max_length=config.max_statement_length, catalog=config.catalog)
+        self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length,
+                               enforce=config.upstream.enforce)
         self.grants = None                   # GrantWatch when the config has a [grants] store
         if config.grants is not None:
             from .grant_watch import GrantWatch
