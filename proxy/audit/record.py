@@ -1,0 +1,218 @@
+"""Session recordings: the record schema, canonical bytes, hash chain and seal.
+
+Job: turn a record (a dict of fields) into the exact line that goes to disk,
+link it to the line before it, and sign the last one.  Pure: no files, no
+clock (time is passed in), no asyncio.  ``writer.py`` appends the lines,
+``verify.py`` checks them, ``replay.py`` reads them.
+
+Rules:
+
+* A recording is JSON lines.  A line is ``canonical(record) + b"\\n"`` where
+  ``canonical`` is ``orjson.dumps(record, option=OPT_SORT_KEYS)``: sorted
+  keys, no whitespace, UTF-8.  Verification re-serialises each parsed line
+  and insists on the same bytes, so an edit that keeps the JSON meaning
+  (added space, reordered keys) is still caught.
+* Every record carries ``seq`` (1, 2, 3 ... equal to its line number),
+  ``ts`` (when it was written, ISO 8601 UTC with microseconds, ``Z``),
+  ``type`` (one of ``TYPES``) and ``prev``: the hex SHA-256 of the previous
+  line's bytes without its newline (``GENESIS``, 64 zeros, for the first).
+* The first record is ``session_start``; the last, ``session_end``, also
+  carries ``key_id`` and ``sig``: the base64 Ed25519 signature over the
+  canonical bytes of the record without ``sig``.  Because ``prev`` chains back
+  to the first line, the signature covers the whole recording.
+* A recording without a ``session_end`` is *unterminated*: the proxy died (or
+  the disk failed) before the session ended.  Its lines are still chained,
+  but its tail is unsigned, so verification reports it apart from ``ok``.
+
+Record fields besides seq/ts/type/prev (docs/audit.md has the full table):
+
+  session_start  v, session, grant, capture {params, rows}, client_addr, tls,
+                 user, database, scope, reason, ticket, approver, backend_pid
+                 (null when unknown), plus the caller's extra fields
+  statement      text, class, decision ("allowed" | "denied"), rule, started,
+                 duration_ms, via ("simple" | "extended"), and when present:
+                 params, tag, rows, sqlstate, message, introspection (true),
+                 rows_sample
+  copy           direction ("in" | "out"), bytes, [rows]
+  notice         kind, message, plus the caller's extra fields
+  session_end    session, reason, totals {...}, key_id, sig
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .introspection import is_introspection
+
+__all__ = [
+    "FORMAT_VERSION", "GENESIS", "TYPES", "RESERVED", "Chain", "canonical", "digest", "iso_ts",
+    "parse_ts", "sign", "signature_valid", "signing_payload", "encode_params", "rows_from_tag",
+    "is_introspection",
+]
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64
+SESSION_START, STATEMENT, COPY, NOTICE, SESSION_END = (
+    "session_start", "statement", "copy", "notice", "session_end")
+TYPES = (SESSION_START, STATEMENT, COPY, NOTICE, SESSION_END)
+RESERVED = frozenset(("seq", "ts", "type", "prev", "sig", "key_id"))
+
+_SORT = orjson.OPT_SORT_KEYS
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The record's exact bytes (no newline).  Strings that are not valid
+    UTF-8 (lone surrogates from a hostile client) are escaped rather than
+    refused: a recording must never lose a statement to an encoding error."""
+    try:
+        return orjson.dumps(record, option=_SORT)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_sanitise(record), option=_SORT)
+
+
+def _sanitise(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {str(k): _sanitise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitise(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
+
+
+def digest(line: bytes) -> str:
+    """Hex SHA-256 of one line's bytes (without the newline): the next record's ``prev``."""
+    return hashlib.sha256(line).hexdigest()
+
+
+def iso_ts(t: float) -> str:
+    """Epoch seconds -> ``2025-01-02T03:04:05.123456Z`` (UTC, microseconds)."""
+    whole = int(t // 1)
+    micro = int(round((t - whole) * 1_000_000))
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    g = time.gmtime(whole)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+        g.tm_year, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec, micro)
+
+
+_ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z")
+
+
+def parse_ts(text: str) -> float:
+    """Inverse of ``iso_ts``.  Raises ValueError for anything else."""
+    m = _ISO.fullmatch(text)
+    if m is None:
+        raise ValueError(f"not a recording timestamp: {text!r}")
+    y, mo, d, h, mi, s, frac = m.groups()
+    whole = calendar.timegm((int(y), int(mo), int(d), int(h), int(mi), int(s), 0, 0, 0))
+    return whole + (int(frac.ljust(6, "0")) / 1_000_000 if frac else 0.0)
+
+
+def signing_payload(record: Mapping[str, Any]) -> bytes:
+    """The bytes a ``session_end`` signature covers: the record without ``sig``."""
+    return canonical({k: v for k, v in record.items() if k != "sig"})
+
+
+def sign(record: Mapping[str, Any], key: Ed25519PrivateKey) -> str:
+    return base64.b64encode(key.sign(signing_payload(record))).decode("ascii")
+
+
+def signature_valid(record: Mapping[str, Any], key: Ed25519PublicKey) -> bool:
+    sig = record.get("sig")
+    if not isinstance(sig, str):
+        return False
+    try:
+        raw = base64.b64decode(sig, validate=True)
+        key.verify(raw, signing_payload(record))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def encode_params(params: Iterable[Any]) -> list[Any]:
+    """Bind parameters as JSON: text as str, NULL as null, binary as {"b64": ...}."""
+    out: list[Any] = []
+    for p in params:
+        if p is None or isinstance(p, str):
+            out.append(p)
+        elif isinstance(p, (bytes, bytearray, memoryview)):
+            out.append({"b64": base64.b64encode(bytes(p)).decode("ascii")})
+        else:
+            out.append(_sanitise(p))
+    return out
+
+
+def rows_from_tag(tag: str | None) -> int | None:
+    """Row count of a CommandComplete tag: 'SELECT 3' -> 3, 'INSERT 0 5' -> 5,
+    'BEGIN' -> None."""
+    if not tag:
+        return None
+    last = tag.rpartition(" ")[2]
+    if last.isdigit() and last != tag:
+        return int(last)
+    return None
+
+
+class Chain:
+    """The running state of one recording: next seq and the previous line's hash.
+
+    ``line(type, now, fields)`` fills in seq/ts/type/prev, serialises and
+    advances; ``seal(now, fields, key, key_id)`` writes the signed last record.
+    ``fields`` is consumed (the caller builds a fresh dict per record).
+    """
+
+    __slots__ = ("seq", "prev", "sealed")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.prev = GENESIS
+        self.sealed = False
+
+    def line(self, rtype: str, now: float, fields: dict[str, Any]) -> bytes:
+        if self.sealed:
+            raise ValueError("the recording is sealed: nothing may follow session_end")
+        self.seq += 1
+        fields["seq"] = self.seq
+        fields["ts"] = iso_ts(now)
+        fields["type"] = rtype
+        fields["prev"] = self.prev
+        data = canonical(fields)
+        self.prev = digest(data)
+        return data + b"\n"
+
+    def seal(self, now: float, fields: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> bytes:
+        if self.sealed:
+            raise ValueError("the recording is already sealed")
+        self.seq += 1
+        fields["seq"] = self.seq
+        fields["ts"] = iso_ts(now)
+        fields["type"] = SESSION_END
+        fields["prev"] = self.prev
+        fields["key_id"] = key_id
+        fields.pop("sig", None)
+        fields["sig"] = sign(fields, key)
+        data = canonical(fields)
+        self.prev = digest(data)
+        self.sealed = True
+        return data + b"\n"
