@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import cli_grants
     cli_grants.register(sub)
+    from . import cli_audit
+    cli_audit.register(sub)
     return p
 
 

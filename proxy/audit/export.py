@@ -47,7 +47,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.6em 0 .5em;border-
 table{border-collapse:collapse;width:100%}th,td{text-align:left;vertical-align:top;padding:.3em .5em;
 border-bottom:1px solid #eee}th{background:#f6f6f7;font-weight:600}
 table.kv th{width:13em}pre{margin:0;white-space:pre-wrap;word-break:break-word;
-font:13px/1.4 ui-monospace,"DejaVu Sans Mono",monospace}
+font:13px/1.4 ui-monospace,"DejaVu Sans Mono",monospace}pre.sql{min-width:24em}
 .verdict{padding:.8em 1em;border-radius:6px;font-weight:600;margin:1em 0}
 .verdict.ok{background:#e6f4ea;color:#0d652d}.verdict.unterminated{background:#fef7e0;color:#8a5a00}
 .verdict.failed{background:#fce8e6;color:#a50e0e}
@@ -85,6 +85,14 @@ def _offset(ts: Any, t0: float | None) -> str:
         return ""
 
 
+def _time(ts: Any, t0: float | None) -> str:
+    """Time of day (the date is in the header; the whole timestamp in the tooltip) and offset."""
+    if not isinstance(ts, str) or len(ts) < 20:
+        return _t(ts)
+    return (f'<span title="{escape(ts)}">{escape(ts[11:-1])}</span>'
+            f"<div class=small>{_offset(ts, t0)}</div>")
+
+
 def _statement_row(rec: dict[str, Any], t0: float | None, bad: int | None) -> str:
     seq = rec.get("seq")
     classes = ["statement"]
@@ -109,7 +117,7 @@ def _statement_row(rec: dict[str, Any], t0: float | None, bad: int | None) -> st
     outcome = rec.get("tag") if decision == "allowed" and not rec.get("sqlstate") else None
     dur = rec.get("duration_ms")
     cells = [
-        _t(seq), f'{_t(started)}<div class=small>{_offset(started, t0)}</div>', body,
+        _t(seq), _time(started, t0), body,
         _t(rec.get("class")), f"<span class='badge decision'>{_t(decision)}</span>", _t(rec.get("rule")),
         _t(outcome), _t(rec.get("rows")), _t(rec.get("sqlstate")), _t(rec.get("message")),
         _t(dur) + (" ms" if isinstance(dur, (int, float)) else ""), _t(rec.get("via")),
@@ -142,7 +150,7 @@ def _other_row(rec: dict[str, Any], t0: float | None, bad: int | None) -> str:
     if seq == bad:
         css += " bad"
     return (f'<tr id="r{_t(seq)}" class="{css}" data-seq="{_t(seq)}"><td>{_t(seq)}</td>'
-            f'<td>{_t(rec.get("ts"))}<div class=small>{_offset(rec.get("ts"), t0)}</div></td>'
+            f'<td>{_time(rec.get("ts"), t0)}</td>'
             f'<td colspan=10>{what}</td></tr>')
 
 
@@ -205,11 +213,14 @@ def export_html(path: str | Path, public_keys: Mapping[str, Ed25519PublicKey], *
         out.append(_kv(rows, "evidence"))
     else:
         out.append('<p id="evidence">No session_start record.</p>')
+    stmts = [r for r in records if r.get("type") == R.STATEMENT]
     rec_rows = [
         ("file", _t(str(path))), ("size", f"{len(data)} bytes"),
         ("SHA-256 of the file", f"<code>{hashlib.sha256(data).hexdigest()}</code>"),
-        ("records", _t(len(records))), ("statements", _t(report.statements)),
-        ("denied", _t(report.denied)), ("errors", _t(report.errors)),
+        ("records", _t(len(records))), ("statements", _t(len(stmts))),
+        ("denied", _t(sum(1 for r in stmts if r.get("decision") != "allowed"))),
+        ("errors", _t(sum(1 for r in stmts if r.get("decision") == "allowed" and r.get("sqlstate")))),
+        ("introspection", _t(sum(1 for r in stmts if r.get("introspection")))),
         ("format version", _t((start or {}).get("v"))),
     ]
     if end is not None:
