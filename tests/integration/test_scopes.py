@@ -40,7 +40,7 @@ USER = "alice"
 PSQL = shutil.which("psql")
 
 DENIAL = re.compile(
-    r"^pgwarden: .*\b(?P<cls>read|write|ddl|admin|transaction|two_phase|unknown) class\b.*"
+    r"^pgwarden: .*\b(?P<cls>read|write|ddl|admin|transaction|two-phase|unknown) class\b.*"
     r"this grant's scope is (?P<scope>\w+) \((?:(?P<allow>\w+) would allow it|no scope allows it)\) "
     r"\[rule (?P<rule>[\w.]+)\]$", re.S)
 
