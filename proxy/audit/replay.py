@@ -332,11 +332,12 @@ def replay(path: str | Path, pace: bool = False, include_introspection: bool = F
             at(rec.get("ts"))
             saw_end = True
             totals = rec.get("totals") or {}
-            parts = [f"{totals.get('statements', '?')} statements"]
+            n = totals.get("statements", "?")
+            parts = [f"{n} statement{'' if n == 1 else 's'}"]
             if totals.get("denied"):
                 parts.append(f"{totals['denied']} denied")
             if totals.get("errors"):
-                parts.append(f"{totals['errors']} errors")
+                parts.append(f"{totals['errors']} error{'' if totals['errors'] == 1 else 's'}")
             if "duration_s" in totals:
                 parts.append(f"{totals['duration_s']} s")
             yield (f"{_clock(rec.get('ts'))}{'':11}  session end: {rec.get('reason')} "

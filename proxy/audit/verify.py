@@ -95,7 +95,8 @@ class Report:
         if self.failure is not None:
             where = f"record {self.failure.record}" if self.failure.record else "file"
             return f"FAILED        {who}: {where}: {self.failure.message} ({self.path})"
-        counts = f"{self.records} records, {self.statements} statements"
+        counts = (f"{self.records} record{'s' * (self.records != 1)}, "
+                  f"{self.statements} statement{'s' * (self.statements != 1)}")
         if self.ok:
             return f"ok            {who}: {counts}, signed by {self.key_id}, ended: {self.end_reason}"
         tail = " (last line torn by a crash, ignored)" if self.torn_tail else ""

@@ -29,7 +29,7 @@ def test_timeline(sample):
     assert "-> DENIED [write.delete] (write class)" in text
     assert '-> ERROR 42P01 relation "nope" does not exist' in text
     assert "-> COPY 10 (10 rows)" in text
-    assert "6 statements, 1 denied, 1 errors, 17.557 s; signed by rec" in text
+    assert "6 statements, 1 denied, 1 error, 17.557 s; signed by rec" in text
     assert "UNTERMINATED" not in text
 
 
