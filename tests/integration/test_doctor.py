@@ -294,3 +294,58 @@ def test_invalid_config_exit_2(tmp_path):
     proc = doctor(bad)
     assert proc.returncode == 2, report(proc)
     assert "invalid configuration" in proc.stderr, report(proc)
+
+
+# =========================================================================== the issue's list, role by role
+
+
+@pytest.mark.parametrize("scope, role", [("read", "pgw_read"), ("write", "pgw_write"), ("ddl", "pgw_ddl")])
+@pytest.mark.parametrize("attribute", ["SUPERUSER", "REPLICATION", "BYPASSRLS", "CREATEROLE"])
+def test_attribute_beyond_every_scope(config, admin, scope, role, attribute):
+    """SUPERUSER, REPLICATION, BYPASSRLS and CREATEROLE are beyond every scope, ddl included."""
+    try:
+        admin(f"ALTER ROLE {role} {attribute}")
+        code, data = doctor_json(config, "--database", DB, "--scope", scope)
+        assert code == 1, data
+        found = problems(data, scope)
+        f = next((f for f in found if f["check"] == f"attribute.{attribute.lower()}"), None)
+        assert f is not None, found
+        assert f"ALTER ROLE {role} NO{attribute};" in f["fix"], f
+        proc = doctor(config, "--database", DB, "--scope", scope)
+        assert proc.returncode == 1 and attribute in proc.stdout, report(proc)
+    finally:
+        admin(f"ALTER ROLE {role} NO{attribute}")
+    assert doctor(config, "--database", DB, "--scope", scope).returncode == 0
+
+
+@pytest.mark.parametrize("predefined", ["pg_write_server_files", "pg_execute_server_program",
+                                        "pg_read_server_files", "pg_create_subscription"])
+@pytest.mark.parametrize("scope, role", [("read", "pgw_read"), ("ddl", "pgw_ddl")])
+def test_server_file_and_program_roles_beyond_every_scope(config, admin, predefined, scope, role):
+    if predefined == "pg_create_subscription" and admin("show server_version_num")[0][0] < "160000":
+        pytest.skip("pg_create_subscription exists from PostgreSQL 16")
+    try:
+        admin(f"GRANT {predefined} TO {role}")
+        code, data = doctor_json(config, "--database", DB, "--scope", scope)
+        assert code == 1, data
+        f = next((f for f in problems(data, scope) if f["check"] == f"member.{predefined}"), None)
+        assert f is not None, problems(data, scope)
+        assert f"REVOKE {predefined} FROM {role};" in f["fix"], f
+    finally:
+        admin(f"REVOKE {predefined} FROM {role}")
+    assert doctor(config, "--database", DB, "--scope", scope).returncode == 0
+
+
+def test_read_role_write_privilege_on_a_view(config, admin):
+    """Write privileges on a view count as write privileges (an updatable view writes its table)."""
+    name = f"doctor_view_{uuid.uuid4().hex[:8]}"
+    try:
+        admin(f"CREATE TABLE public.{name}_t (a int)")
+        admin(f"CREATE VIEW public.{name} AS SELECT a FROM public.{name}_t")
+        admin(f"GRANT UPDATE ON public.{name} TO pgw_read")
+        code, data = doctor_json(config, "--database", DB, "--scope", "read")
+        assert code == 1, data
+        assert any(name in f["message"] for f in problems(data, "read")), problems(data, "read")
+    finally:
+        admin(f"DROP VIEW IF EXISTS public.{name}")
+        admin(f"DROP TABLE IF EXISTS public.{name}_t")
