@@ -7,17 +7,17 @@ Rules (DESIGN.md, "Scopes and statements"):
 * Keys are never pglast's fingerprint: it maps ``SET ROLE admin`` and
   ``SET ROLE readonly`` to one value.
 * Exact text always works.  The second key is the scanner's token sequence
-  with literal values masked (``pglast.parser.scan``, ~6 µs): clients that
-  interpolate literals send a new text every time, and this makes
-  ``... WHERE id = 41`` hit the entry of ``... WHERE id = 42``.  It is stored
-  only for a ``Classified`` whose ``literal_independent`` is True (every
-  statement a plain SELECT/INSERT/UPDATE/DELETE/MERGE without set_config:
-  no literal's value can change its class).  Token kinds are kept, so a
-  string literal never matches a number or an identifier.
+  with literal values masked (``policy.sql.masked.masked_key``, ~3 µs):
+  clients that interpolate literals send a new text every time, and this
+  makes ``... WHERE id = 41`` hit the entry of ``... WHERE id = 42``.  It is
+  stored only for a ``Classified`` whose ``literal_independent`` is True
+  (the classifier saw that no literal's value can change any statement's
+  class: see ``policy.sql.classify``), and a masked hit is returned only
+  for such an entry.  Token kinds are kept, so a string literal never
+  matches a number, a parameter or an identifier.
 * Never cached: results that depend on session state (``cacheable`` False:
-  EXECUTE), text longer than ``max_text_length``.  Text with a NUL or that
-  cannot be encoded never gets a masked key (the scanner would stop at the
-  NUL and see a shorter statement).
+  EXECUTE), text longer than ``max_text_length``.  Text with a NUL, that
+  cannot be encoded, or with ``UESCAPE`` never gets a masked key.
 * Bounded twice: ``max_entries`` keys and ``max_chars`` characters of keys;
   the least recently used entries go first.
 * Holds classifications (scope-independent), so one cache serves every
@@ -29,36 +29,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pglast.parser import scan
-
 from policy.sql.classify import Classified
+from policy.sql.masked import masked_key
 
 __all__ = ["ClassificationCache", "masked_key"]
 
-_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
-_SKIP = frozenset({"SQL_COMMENT", "C_COMMENT"})
-
-
-def masked_key(sql: str) -> tuple[str, ...] | None:
-    """The token sequence with literal values masked; None when it cannot be computed safely."""
-    if "\x00" in sql:
-        return None
-    try:
-        tokens = scan(sql)
-    except Exception:  # unterminated literal, lone surrogate ...: no masked key
-        return None
-    key: list[str] = []
-    for tok in tokens:
-        name = tok.name
-        if name in _SKIP:
-            continue
-        key.append(name if name in _LITERALS else f"{name}\x1f{sql[tok.start:tok.end + 1]}")
-    return tuple(key)
-
 
 def _size(key: tuple) -> int:
-    text = key[1]
-    return len(text) if isinstance(text, str) else sum(len(t) for t in text) + len(text)
+    return len(key[1])
 
 
 class ClassificationCache:
@@ -92,31 +70,40 @@ class ClassificationCache:
 
     def get(self, sql: str) -> Classified | None:
         """The cached classification of ``sql``, or None (then classify and ``put``)."""
+        return self.lookup(sql)[0]
+
+    def lookup(self, sql: str) -> tuple[Classified | None, bytes | None]:
+        """``(classified or None, masked key or None)``: the key when the hit was by masked key."""
         if not isinstance(sql, str) or len(sql) > self.max_text_length:
             self.misses += 1
-            return None
+            return None, None
         found = self._lookup(("t", sql))
         if found is not None:
             self.hits += 1
-            return found
+            return found, None
         mk = masked_key(sql)
         if mk is not None:
             found = self._lookup(("m", mk))
             if found is not None and found.literal_independent:
                 self.masked_hits += 1
-                return found
+                return found, mk
         self.misses += 1
-        return None
+        return None, None
 
-    def put(self, sql: str, classified: Classified) -> None:
-        """Remember ``classified`` for ``sql`` (a no-op when it must not be cached)."""
+    def put(self, sql: str, classified: Classified) -> bytes | None:
+        """Remember ``classified`` for ``sql`` (a no-op when it must not be cached).
+
+        Returns the masked key it was also stored under, or None.
+        """
         if not classified.cacheable or not isinstance(sql, str) or len(sql) > self.max_text_length:
-            return
+            return None
         self._store(("t", sql), classified)
         if classified.literal_independent:
             mk = masked_key(sql)
             if mk is not None:
                 self._store(("m", mk), classified)
+                return mk
+        return None
 
     def _store(self, key: tuple, classified: Classified) -> None:
         if key in self._data:

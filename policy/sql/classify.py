@@ -21,11 +21,22 @@ Rules (DESIGN.md "Scopes and statements"; its "Decisions" section wins):
   remembered (``prepared=``), or one prepared earlier in the same text.  The
   proxy must record protocol-level Parse names in the same mapping: the
   server has one namespace for both.
-* ``Classified.literal_independent`` is True only when every statement is a
-  plain SELECT/INSERT/UPDATE/DELETE/MERGE without ``set_config``: then no
-  literal's value can change the result and the masked-literal cache key is
-  safe (DESIGN.md).  ``Classified.cacheable`` is False when the result
-  depends on session state (``EXECUTE``).
+* Literals (DESIGN.md: the masked-literal key is used "only for statements
+  whose class does not depend on any literal's value").  Each
+  ``Statement.literal_independent`` is True only when all of these hold,
+  else False (fail closed: the statement is cached by exact text only):
+  its type is one of ``_LITERAL_SAFE_TYPES`` (SELECT, INSERT, UPDATE,
+  DELETE, MERGE, DECLARE, EXPLAIN, COPY: the statements clients send with
+  interpolated literals); it is not UNKNOWN; no rule read a literal while
+  classifying it (``Context.literal``: set_config's setting name, SET values,
+  READ WRITE, EXPLAIN options, COPY file names and programs ...); it calls
+  no ``set_config`` and no ``to_reg*`` function; and it casts nothing to a
+  ``reg*`` type and has no type modifier (``Facts.literal_sensitive``); and
+  the text has no ``UESCAPE`` (the parser folds that literal into the
+  identifier or string before it, so no rule could see it).
+  ``Classified.literal_independent`` is True when every statement is.
+  ``Classified.cacheable`` is False when the result depends on session
+  state (``EXECUTE``).
 
 What this cannot see: what views, rules, triggers, defaults and functions do
 when they run, or a function called through attribute notation (``t.f``).
@@ -36,7 +47,7 @@ Scope roles and ``default_transaction_read_only`` on the server cover those
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pglast import ast
 from pglast.enums.parsenodes import A_Expr_Kind, DiscardMode, SetOperation
@@ -44,7 +55,7 @@ from pglast.enums.parsenodes import A_Expr_Kind, DiscardMode, SetOperation
 from policy.sql.catalog import DEFAULT_CATALOG, Catalog
 from policy.sql.classes import RANK, StatementClass, Verdict
 from policy.sql.parse import DEFAULT_MAX_LENGTH, Unparseable, parse
-from policy.sql.rules import Context, Facts, by_type, const_text, names_of, tag_of, variable_set
+from policy.sql.rules import REG_TYPES, Context, Facts, by_type, names_of, tag_of, variable_set
 
 __all__ = ["Statement", "Classified", "StatementClass", "classify", "classify_statements"]
 
@@ -62,6 +73,7 @@ class Statement:
     prepares: str | None = None   # PREPARE: the name it defines, with class statement_class
     deallocates: str | None = None  # DEALLOCATE name
     deallocates_all: bool = False   # DEALLOCATE ALL, DISCARD ALL
+    literal_independent: bool = False  # no literal's value can change this result (see module doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +105,7 @@ def _is_set_config(names: tuple[str, ...]) -> bool:
     return names[-1] == "set_config" and (len(names) == 1 or names[-2] == "pg_catalog")
 
 
-def _pinned_setting_names(root: ast.Node) -> dict[int, str]:
+def _pinned_setting_names(root: ast.Node, ctx: Context) -> dict[int, str]:
     """set_config(name, ...) calls whose ``name`` a WHERE clause pins to one literal.
 
     pg_dump (15.8+) sends ``SELECT set_config(name, 'view, foreign-table', false)
@@ -112,7 +124,7 @@ def _pinned_setting_names(root: ast.Node) -> dict[int, str]:
     where = root.whereClause
     if type(where) is not ast.A_Expr or where.kind != A_Expr_Kind.AEXPR_OP or names_of(where.name) != ("=",):
         return {}
-    pinned = const_text(where.rexpr) if _is_name_column(where.lexpr) else None
+    pinned = ctx.literal(where.rexpr) if _is_name_column(where.lexpr) else None
     if pinned is None:
         return {}
     out: dict[int, str] = {}
@@ -134,13 +146,13 @@ def _call_verdict(call: ast.FuncCall, ctx: Context) -> Verdict:
         return Verdict(C.UNKNOWN, "unknown.function", "a function call without a name")
     if _is_set_config(names):
         args = call.args or ()
-        setting = const_text(args[0]) if args else None
+        setting = ctx.literal(args[0]) if args else None
         if setting is None:
             setting = ctx.pinned.get(id(call))
         if setting is None:
             return Verdict(C.UNKNOWN, "function.set_config_nonliteral",
                            "set_config() with a setting name that is not a literal")
-        value = const_text(args[1]) if len(args) > 1 else None
+        value = ctx.literal(args[1]) if len(args) > 1 else None
         v = ctx.catalog.setting_verdict(setting, (value,) if value is not None else None)
         return Verdict(v.statement_class, v.rule_id, f"set_config(): {v.reason}")
     return ctx.catalog.function_verdict(names)
@@ -168,7 +180,16 @@ def _tree_verdicts(facts: Facts, ctx: Context) -> Iterator[Verdict]:
         yield variable_set(s, facts, ctx)
 
 
-_LITERAL_SAFE_TYPES = frozenset({ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt})
+_LITERAL_SAFE_TYPES = frozenset({
+    ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt,
+    ast.DeclareCursorStmt, ast.ExplainStmt, ast.CopyStmt,
+})
+
+
+def _names_a_literal(call: ast.FuncCall) -> bool:
+    """set_config(), to_regclass('...'), regproc('...'): a literal argument is a name or a setting."""
+    name = (names_of(call.funcname) or ("",))[-1].lower()
+    return name == "set_config" or name.startswith("to_reg") or name in REG_TYPES
 
 
 def _classify_node(node: ast.Node, ctx: Context) -> tuple[Statement, bool]:
@@ -176,15 +197,17 @@ def _classify_node(node: ast.Node, ctx: Context) -> tuple[Statement, bool]:
     facts = Facts(node)
     if facts.executes:
         ctx.cacheable = False
-    ctx.pinned = _pinned_setting_names(node) if facts.calls else {}
+    ctx.literals_read = False
+    ctx.pinned = _pinned_setting_names(node, ctx) if facts.calls else {}
     v = by_type(node, facts, ctx)
     for found in _tree_verdicts(facts, ctx):
         if RANK[found.statement_class] > RANK[v.statement_class]:
             v = found
-    literal_safe = (type(node) in _LITERAL_SAFE_TYPES and v.statement_class is not C.UNKNOWN
-                    and not any(_is_set_config(names_of(c.funcname) or ("",)) for c in facts.calls))
     t = type(node)
-    stmt = Statement(v.statement_class, v.rule_id, tag_of(node), v.reason)
+    literal_safe = (t in _LITERAL_SAFE_TYPES and v.statement_class is not C.UNKNOWN
+                    and not ctx.literals_read and not facts.literal_sensitive
+                    and not any(_names_a_literal(c) for c in facts.calls))
+    stmt = Statement(v.statement_class, v.rule_id, tag_of(node), v.reason, literal_independent=literal_safe)
     if t is ast.PrepareStmt:
         stmt = Statement(v.statement_class, v.rule_id, stmt.tag, v.reason, prepares=node.name)
         ctx.prepared[node.name] = v.statement_class
@@ -245,4 +268,8 @@ def classify(
     except Unparseable as e:
         stmt = Statement(C.UNKNOWN, e.rule_id, "query", e.reason)
         return Classified((stmt,), literal_independent=False, cacheable=e.rule_id != "parse.too_long")
-    return classify_statements(raws, prepared=prepared, catalog=catalog)
+    classified = classify_statements(raws, prepared=prepared, catalog=catalog)
+    if classified.literal_independent and "uescape" in sql.lower():
+        return Classified(tuple(replace(s, literal_independent=False) for s in classified.statements),
+                          literal_independent=False, cacheable=classified.cacheable)
+    return classified

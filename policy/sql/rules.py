@@ -26,6 +26,14 @@ Rules:
   UNLISTEN, DEALLOCATE, DISCARD are transaction; DROP/ALTER/COMMENT of
   server-level objects (roles, databases, extensions, tablespaces, foreign
   servers, publications, subscriptions, languages, event triggers) is admin.
+* Literals.  A rule reads a literal's value only through ``ctx.literal(node)``
+  (or marks ``ctx.literals_read`` itself, as ``_explain_analyzes`` does for
+  option arguments): the masked-literal cache (``policy.cache``) trusts a
+  statement's class for other literal values only when no rule read one.
+  ``Facts.literal_sensitive`` flags what no rule reads today but where a
+  literal names something or shapes the tree: casts to ``reg*`` types
+  (``'pg_read_file'::regproc``) and type modifiers (``float(53)`` is a
+  different type from ``float(24)``).
 """
 
 from __future__ import annotations
@@ -58,13 +66,14 @@ _OP_KINDS = frozenset({A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Ki
 class Facts:
     """What one walk over a statement's tree found."""
 
-    __slots__ = ("calls", "operators", "modifying", "into", "locking", "sets", "executes", "syntax_calls")
+    __slots__ = ("calls", "operators", "modifying", "into", "locking", "sets", "executes", "syntax_calls",
+                 "literal_sensitive")
 
     def __init__(self, root: ast.Node) -> None:
         self.calls: list[ast.FuncCall] = []
         self.operators: list[tuple[str, ...]] = []
         self.modifying: list[ast.Node] = []
-        self.into = self.locking = self.executes = False
+        self.into = self.locking = self.executes = self.literal_sensitive = False
         self.sets: list[ast.VariableSetStmt] = []
         self.syntax_calls: list[tuple[str, int]] = []
         for n in iter_nodes(root):
@@ -92,6 +101,9 @@ class Facts:
                 self.sets.append(n)
             elif t is ast.ExecuteStmt:
                 self.executes = True
+            elif t is ast.TypeName:
+                if n.typmods or _names_reg_type(n.names):
+                    self.literal_sensitive = True
 
 
 #: SQL/JSON syntax node -> (the function name it reads as on older servers, first version with the syntax).
@@ -116,6 +128,18 @@ def _syntax_name(node: ast.Node) -> tuple[str, int]:
         op = getattr(getattr(node, "op", None), "name", "")
         name = "json_" + op.removeprefix("JSON_").removesuffix("_OP").lower() if op else name
     return name, since
+
+
+#: Object identifier types whose input is a name: a literal cast to one names a function, a relation ...
+REG_TYPES = frozenset({
+    "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper", "regoperator",
+    "regproc", "regprocedure", "regrole", "regtype",
+})
+
+
+def _names_reg_type(strings: object) -> bool:
+    names = names_of(strings)
+    return bool(names) and names[-1].lower() in REG_TYPES
 
 
 def names_of(strings: object) -> tuple[str, ...]:
@@ -150,13 +174,21 @@ def const_text(node: object) -> str | None:
 
 
 class Context:
-    __slots__ = ("catalog", "prepared", "cacheable", "pinned")
+    __slots__ = ("catalog", "prepared", "cacheable", "pinned", "literals_read")
 
     def __init__(self, catalog: Catalog, prepared: Mapping[str, StatementClass] | None) -> None:
         self.catalog = catalog
         self.prepared: dict[str, StatementClass] = dict(prepared or {})
         self.cacheable = True
         self.pinned: dict[int, str] = {}  # id(FuncCall) -> setting name, see _pinned_setting_names
+        # True once a rule looked at a literal's value (or at whether a node is a literal) while
+        # classifying the current statement: its class may then differ for other literal values.
+        self.literals_read = False
+
+    def literal(self, node: object) -> str | None:
+        """``const_text(node)``, remembering that the verdict now depends on a literal."""
+        self.literals_read = True
+        return const_text(node)
 
 
 Handler = Callable[[ast.Node, Facts, Context], Verdict]
@@ -301,6 +333,8 @@ def _modify(node, facts, ctx) -> Verdict:
 
 
 def _copy(node, facts, ctx) -> Verdict:
+    if node.is_program or node.filename is not None:
+        ctx.literals_read = True  # a file name or a command: never judged by its shape alone
     if node.is_program:
         return Verdict(C.ADMIN, "admin.copy_program", "COPY ... PROGRAM runs a command on the server")
     if node.filename is not None:
@@ -314,11 +348,13 @@ def _copy(node, facts, ctx) -> Verdict:
 _FALSE = frozenset({"false", "off", "no", "0", "f", "n", "of", "fa", "fal", "fals"})
 
 
-def _explain_analyzes(node: ast.ExplainStmt) -> bool:
+def _explain_analyzes(node: ast.ExplainStmt, ctx: Context | None = None) -> bool:
     for opt in node.options or ():
         if type(opt) is ast.DefElem and opt.defname == "analyze":
             if opt.arg is None:
                 return True
+            if ctx is not None:
+                ctx.literals_read = True  # ANALYZE 'off', ANALYZE 0: the value decides
             arg = opt.arg
             text = (arg.sval if type(arg) is ast.String else str(arg.ival) if type(arg) is ast.Integer
                     else ("on" if arg.boolval else "off") if type(arg) is ast.Boolean else const_text(arg))
@@ -327,7 +363,7 @@ def _explain_analyzes(node: ast.ExplainStmt) -> bool:
 
 
 def _explain(node, facts, ctx) -> Verdict:
-    if _explain_analyzes(node):
+    if _explain_analyzes(node, ctx):
         return _wrapper(Verdict(C.READ, "read.explain_analyze", ""), node.query, ctx)
     return Verdict(C.READ, "read.explain", "EXPLAIN without ANALYZE does not run the statement")
 
@@ -356,11 +392,11 @@ def _lock(node, facts, ctx) -> Verdict:
     return Verdict(C.WRITE, "write.lock", "LOCK in a mode stronger than ACCESS SHARE")
 
 
-def _lifts_read_only(defelems: object) -> bool:
+def _lifts_read_only(defelems: object, ctx: Context) -> bool:
     """BEGIN READ WRITE, SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS ... READ WRITE."""
     for d in defelems or ():  # type: ignore[union-attr]
         if type(d) is ast.DefElem and d.defname == "transaction_read_only":
-            text = const_text(d.arg)
+            text = ctx.literal(d.arg)
             if text is None or text.strip().lower() in _FALSE:
                 return True
     return False
@@ -371,15 +407,15 @@ def _transaction(node, facts, ctx) -> Verdict:
     K = TransactionStmtKind
     if kind in (K.TRANS_STMT_PREPARE, K.TRANS_STMT_COMMIT_PREPARED, K.TRANS_STMT_ROLLBACK_PREPARED):
         return Verdict(C.TWO_PHASE, "two_phase." + _TXN_TAGS[kind].lower().replace(" ", "_"), "")
-    if kind in (K.TRANS_STMT_BEGIN, K.TRANS_STMT_START) and _lifts_read_only(node.options):
+    if kind in (K.TRANS_STMT_BEGIN, K.TRANS_STMT_START) and _lifts_read_only(node.options, ctx):
         return Verdict(C.WRITE, "write.begin_read_write", "READ WRITE lifts a read-only session")
     return Verdict(C.TRANSACTION, "transaction." + _TXN_TAGS.get(kind, "other").lower().replace(" ", "_"), "")
 
 
-def _set_values(args: object) -> tuple[str, ...] | None:
+def _set_values(args: object, ctx: Context) -> tuple[str, ...] | None:
     values = []
     for a in args or ():  # type: ignore[union-attr]
-        text = const_text(a)
+        text = ctx.literal(a)
         if text is None:
             return None
         values.append(text)
@@ -392,7 +428,7 @@ def variable_set(node, facts, ctx) -> Verdict:
     if kind == K.VAR_SET_MULTI:
         name = (node.name or "").upper()
         if name in ("TRANSACTION", "SESSION CHARACTERISTICS"):
-            if _lifts_read_only(node.args):
+            if _lifts_read_only(node.args, ctx):
                 return Verdict(C.WRITE, "write.read_write", "READ WRITE lifts a read-only session")
             return Verdict(C.TRANSACTION, "transaction.set_transaction", "")
         if name == "TRANSACTION SNAPSHOT":
@@ -405,7 +441,7 @@ def variable_set(node, facts, ctx) -> Verdict:
     if kind in (K.VAR_RESET, K.VAR_SET_DEFAULT, K.VAR_SET_CURRENT):
         return ctx.catalog.setting_verdict(node.name, None, reset=True)
     if kind == K.VAR_SET_VALUE:
-        return ctx.catalog.setting_verdict(node.name, _set_values(node.args))
+        return ctx.catalog.setting_verdict(node.name, _set_values(node.args, ctx))
     return Verdict(C.UNKNOWN, "unknown.set", f"SET form {kind!r} is not one pgwarden knows")
 
 

@@ -30,6 +30,9 @@ class Judge:
         self.cache = ClassificationCache(max_entries=cache_entries)
         # (scope, text) -> Verdict for the hot path: an exact repeat skips classify and decide.
         self._verdicts: dict[tuple[str, str], Verdict] = {}
+        # (scope, masked key) -> Verdict: the same statement with other literals (-M simple, psycopg2
+        # interpolation) skips decide too. Filled only from literal-independent classifications.
+        self._masked_verdicts: dict[tuple[str, bytes], Verdict] = {}
         self._verdict_limit = cache_entries
 
     def __call__(self, text: str, scope_name: str, prepared: Mapping[str, str]) -> Verdict:
@@ -41,11 +44,15 @@ class Judge:
         hit = self._verdicts.get(key)
         if hit is not None:
             return hit
-        classified = self.cache.get(text)
+        classified, masked = self.cache.lookup(text)
+        if masked is not None:
+            hit = self._masked_verdicts.get((scope_name, masked))
+            if hit is not None:
+                return hit
         if classified is None:
             prep = {k: StatementClass(v) for k, v in prepared.items()} if prepared else None
             classified = classify(text, max_length=self.max_length, prepared=prep, catalog=self.catalog)
-            self.cache.put(text, classified)
+            masked = self.cache.put(text, classified)
         decision = decide(scope, classified, scopes=self.scopes)
         cls = decision.statement_class.value if decision.statement_class is not None else ""
         if not decision.allowed:
@@ -57,7 +64,11 @@ class Judge:
         deallocates = tuple("*" if s.deallocates_all else s.deallocates
                             for s in classified.statements if s.deallocates or s.deallocates_all)
         verdict = Verdict(True, "", decision.rule_id, cls, prepares, deallocates)
-        if classified.cacheable and len(text) <= self.cache.max_text_length:
+        if masked is not None:              # literal independent: one entry for every literal value
+            if len(self._masked_verdicts) >= self._verdict_limit:
+                self._masked_verdicts.clear()
+            self._masked_verdicts[(scope_name, masked)] = verdict
+        elif classified.cacheable and len(text) <= self.cache.max_text_length:
             if len(self._verdicts) >= self._verdict_limit:
                 self._verdicts.clear()          # crude but bounded; refilled from the class cache
             self._verdicts[key] = verdict

@@ -31,8 +31,12 @@ def test_masked_literals_hit_for_literal_independent_statements():
     cache = ClassificationCache()
     first = _through(cache, "SELECT * FROM t WHERE a = 1 AND b = 'x'")
     assert cache.get("SELECT * FROM t WHERE a = 42 AND b = 'something else'") is first
-    assert cache.get("SELECT  *  FROM t  WHERE a = 7 /* c */ AND b = $$y$$") is first
+    assert cache.get("SELECT * FROM t WHERE a = 7 AND b = $$y$$") is first
     assert cache.masked_hits == 2
+    # the key keeps the text between tokens byte for byte: other whitespace is another key
+    assert cache.get("SELECT  *  FROM t  WHERE a = 7 AND b = 'y'") is None
+    commented = _through(cache, "SELECT * FROM t WHERE a = 1 /* trace=1 */")
+    assert cache.get("SELECT * FROM t WHERE a = 2 /* trace=2, other comment */") is commented
     ins = _through(cache, "INSERT INTO t VALUES (1, 'a')")
     assert cache.get("INSERT INTO t VALUES (2, 'b')") is ins
 
