@@ -45,7 +45,7 @@ def test_statement_record(benchmark, recorder):
     def one():
         recorder.statement(SQL, params=["42"], statement_class="read", decision="allowed",
                            rule="read.select", started=started, duration=0.0004, tag="SELECT 1",
-                           via="extended")
+                           via="execute")
 
     benchmark(one)
     assert not recorder.failed
@@ -75,7 +75,7 @@ def test_chain_line_only(benchmark):
     def one():
         chain.line(R.STATEMENT, 1_767_225_600.123456, {
             "text": SQL, "class": "read", "decision": "allowed", "rule": "read.select",
-            "started": "2026-01-01T00:00:00.123000Z", "duration_ms": 0.4, "via": "extended",
+            "started": "2026-01-01T00:00:00.123000Z", "duration_ms": 0.4, "via": "execute",
             "params": ["42"], "tag": "SELECT 1", "rows": 1})
 
     benchmark(one)

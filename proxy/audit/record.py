@@ -30,10 +30,11 @@ Record fields besides seq/ts/type/prev (docs/audit.md has the full table):
                  user, database, scope, reason, ticket, approver, backend_pid
                  (null when unknown), plus the caller's extra fields
   statement      text, class, decision ("allowed" | "denied"), rule, started,
-                 duration_ms, via ("simple" | "extended"), and when present:
+                 duration_ms, via ("query" | "execute" | "parse" |
+                 "function_call"), and when present:
                  params, tag, rows, sqlstate, message, introspection (true),
                  rows_sample
-  copy           direction ("in" | "out"), bytes, [rows]
+  copy           direction ("in" | "out" | "both"), bytes, [rows]
   notice         kind, message, plus the caller's extra fields
   session_end    session, reason, totals {...}, key_id, sig
 """

@@ -226,6 +226,10 @@ def _outcome(rec: dict[str, Any]) -> str:
     return out
 
 
+# How the statement arrived (the PostgreSQL message that carried it), when not a simple Query.
+_VIA = {"execute": "  [extended]", "parse": "  [extended: Parse]", "function_call": "  [FunctionCall]"}
+
+
 def format_statement(rec: dict[str, Any], t0: float | None = None) -> str:
     """One statement record as timeline text (continuation lines indented)."""
     started = rec.get("started") or rec.get("ts")
@@ -243,7 +247,7 @@ def format_statement(rec: dict[str, Any], t0: float | None = None) -> str:
     dur_s = f"  {dur:.1f} ms" if isinstance(dur, (int, float)) else ""
     params = rec.get("params")
     par = f"\n{pad}params: {orjson.dumps(params).decode()}" if params else ""
-    via = "  [extended]" if rec.get("via") == "extended" else ""
+    via = _VIA.get(rec.get("via"), "")
     return f"{head}{body}{par}\n{pad}-> {_outcome(rec)}{dur_s}{via}"
 
 

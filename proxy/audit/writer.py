@@ -24,14 +24,15 @@ The API the relay calls (all from the session's own event-loop thread)::
                   tag="SELECT 1", rows=None,             # rows None: taken from the tag
                   sqlstate=None, message=None,           # on ErrorResponse or denial
                   introspection=None,                    # None: decided by is_introspection(text)
-                  via="simple")                          # or "extended" (Parse/Bind/Execute)
-    rec.copy("in", 123456, rows=1000)                    # a COPY's data phase: "in" | "out"
+                  via="query")                           # the message that carried it: "query",
+                                                         # "execute", "parse", "function_call"
+    rec.copy("in", 123456, rows=1000)                    # a COPY's data phase: "in" | "out" | "both"
     rec.notice("expiry_warning", "grant expires in 60 s", **extra)
     rec.end("client_closed", **totals)                   # signed session_end; totals override counts
 
 Every method returns True when its record was written and False otherwise
 (after ``end()``, after a disk failure); none raises into the relay except
-for programming errors (a reserved field name).  ``statement()`` costs a few
+for programming errors (a reserved field name in ``start``/``notice``).  ``statement()`` costs a few
 microseconds plus one ``write(2)`` (benchmarks/test_micro_audit.py).
 
 Rules:
@@ -119,7 +120,7 @@ class SessionRecorder:
         "session_id", "grant", "path", "failed", "error", "ended", "_chain", "_file", "_fd",
         "_key", "_kid", "_fsync", "_capture_params", "_capture_rows", "_clock", "_on_failure",
         "_executor", "_started", "_n_statements", "_n_denied", "_n_errors", "_n_rows",
-        "_copy_in", "_copy_out", "_n_notices", "_n_introspection",
+        "_copy_in", "_copy_out", "_copy_both", "_n_notices", "_n_introspection",
     )
 
     def __init__(
@@ -160,7 +161,7 @@ class SessionRecorder:
         self._on_failure = on_failure
         self._executor = executor
         self._n_statements = self._n_denied = self._n_errors = self._n_rows = 0
-        self._copy_in = self._copy_out = self._n_notices = self._n_introspection = 0
+        self._copy_in = self._copy_out = self._copy_both = self._n_notices = self._n_introspection = 0
 
     # ------------------------------------------------------------------ records
 
@@ -217,7 +218,7 @@ class SessionRecorder:
         sqlstate: str | None = None,
         message: str | None = None,
         introspection: bool | None = None,
-        via: str = "simple",
+        via: str = "query",
         rows_sample: Sequence[Sequence[Any]] | None = None,
     ) -> bool:
         """One executed (or denied) statement, written when its outcome is known:
@@ -271,19 +272,20 @@ class SessionRecorder:
         return self._emit(R.STATEMENT, rec, now)
 
     def copy(self, direction: str, bytes: int, rows: int | None = None) -> bool:  # noqa: A002
-        """A COPY's data phase: direction ``"in"`` (client to server) or ``"out"``,
-        bytes of row data moved, rows when known.  Written before the COPY's own
-        ``statement`` record (which comes with its CommandComplete)."""
-        if direction not in ("in", "out"):
-            raise ValueError(f"copy direction must be 'in' or 'out', not {direction!r}")
+        """A COPY's data phase: direction ``"in"`` (client to server), ``"out"``, or
+        ``"both"`` (CopyBothResponse, replication), bytes of COPY data moved, rows
+        when known.  Written before the COPY's own ``statement`` record (which
+        comes with its CommandComplete)."""
         if self.ended or self.failed:
             return False
         if not self._chain.seq and not self._autostart():
             return False
         if direction == "in":
             self._copy_in += bytes
-        else:
+        elif direction == "out":
             self._copy_out += bytes
+        else:
+            self._copy_both += bytes
         rec: dict[str, Any] = {"direction": direction, "bytes": bytes}
         if rows is not None:
             rec["rows"] = rows
@@ -325,6 +327,8 @@ class SessionRecorder:
             "notices": self._n_notices, "introspection": self._n_introspection,
             "duration_s": round(max(0.0, now - self._started), 3),
         }
+        if self._copy_both:
+            counted["copy_both_bytes"] = self._copy_both
         counted.update(totals)
         fields = {"session": self.session_id, "reason": reason, "totals": counted}
         try:

@@ -76,7 +76,7 @@ def write_sample(rec: SessionRecorder, clock: Clock, *, end: bool = True) -> Ses
     t = clock.advance(1.0)
     clock.advance(0.002)
     rec.statement("select id, name from accounts where id = $1", params=["7"], statement_class="read",
-                  rule="read.select", started=t, tag="SELECT 1", via="extended")
+                  rule="read.select", started=t, tag="SELECT 1", via="execute")
     t = clock.advance(0.5)
     clock.advance(0.001)
     rec.statement(INTROSPECTION_SQL, statement_class="read", rule="read.select", started=t, tag="SELECT 1")

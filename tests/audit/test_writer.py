@@ -56,7 +56,7 @@ def test_statement_fields(sample):
     assert first["tag"] == "SELECT 1" and first["rows"] == 1
     assert first["started"] == "2026-01-01T00:00:01.000000Z"
     assert first["duration_ms"] == 2.0
-    assert first["via"] == "extended"
+    assert first["via"] == "execute"
     assert "introspection" not in first and "sqlstate" not in first
     assert intro["introspection"] is True
     assert denied["decision"] == "denied" and denied["sqlstate"] == "42501" and "tag" not in denied
@@ -266,11 +266,16 @@ def test_hostile_text_is_recorded_and_verifies(factory, keys):
     assert verify(rec.path, keys).ok
 
 
-def test_copy_direction_checked(factory):
+def test_copy_directions_and_totals(factory):
     rec = factory.open()
     rec.start()
-    with pytest.raises(ValueError):
-        rec.copy("sideways", 1)
+    assert rec.copy("in", 10, rows=2) and rec.copy("out", 20) and rec.copy("both", 5)
+    rec.end("client_closed")
+    recs = lines(rec.path)
+    assert [(r["direction"], r["bytes"], r.get("rows")) for r in recs[1:4]] == \
+        [("in", 10, 2), ("out", 20, None), ("both", 5, None)]
+    totals = recs[-1]["totals"]
+    assert (totals["copy_in_bytes"], totals["copy_out_bytes"], totals["copy_both_bytes"]) == (10, 20, 5)
 
 
 def test_disk_failure_is_reported_not_raised(tmp_path, key):
