@@ -289,3 +289,23 @@ classes = ["read", "transaction"]
     assert not [f for f in by_scope["loader"]["findings"] if f["level"] == "problem"]
     sneaky = [f["check"] for f in by_scope["sneaky"]["findings"] if f["level"] == "problem"]
     assert "member.pg_write_all_data" in sneaky, by_scope["sneaky"]
+
+
+# =========================================================================== the classification cap is configurable
+
+
+def test_max_statement_length_is_configurable(make_proxy):
+    p = make_proxy(edit=lambda text: text.replace("[tokens]", "max_statement_length = 1000\n\n[tokens]", 1))
+    short = "SELECT " + "+".join(["1"] * 400)           # 806 characters: classified and run
+    long = "SELECT " + "+".join(["1"] * 600)            # 1206 characters: denied unparsed
+    with connect(p, "read") as conn:
+        assert conn.execute(short.encode()).fetchone() == (400,)
+        with pytest.raises(E.InsufficientPrivilege) as ei:
+            conn.execute(long.encode())
+        msg = ei.value.diag.message_primary
+        assert f"query text is {len(long)} characters long" in msg and "at most 1000 characters" in msg, msg
+        assert "[rule parse.too_long]" in msg, msg
+        # the same through Parse (extended protocol)
+        with pytest.raises(E.InsufficientPrivilege):
+            conn.execute(long + " + %s", (1,))
+        assert conn.execute("select 1").fetchone() == (1,)
