@@ -24,8 +24,10 @@ DEMO_DB = "appdb"
 
 def write_config(directory: Path, *, pg_host: str, pg_port: int, scope_roles: dict[str, tuple[str, str]],
                  listen_port: int, kid: str, private_path: Path, public_path: Path,
-                 cert: Path | None = None, key: Path | None = None, extra_server: dict | None = None) -> Path:
-    """Write pgwarden.toml for a local server; passwords go to 0600 files beside it."""
+                 cert: Path | None = None, key: Path | None = None, extra_server: dict | None = None,
+                 record: bool = False) -> Path:
+    """Write pgwarden.toml for a local server; passwords go to 0600 files beside it.
+    ``record``: session recordings in ``recordings/``, signed with a key pair made in ``keys-rec/``."""
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     lines = ["[server]", 'listen_host = "127.0.0.1"', f"listen_port = {listen_port}"]
@@ -42,6 +44,11 @@ def write_config(directory: Path, *, pg_host: str, pg_port: int, scope_roles: di
         pw.chmod(0o600)
         lines += [f"[scopes.{scope}]", f'role = "{role}"', f'password_file = "{pw}"',
                   f"read_only = {'true' if scope == 'read' else 'false'}", ""]
+    if record:
+        from .keys import generate_keypair
+        rk = generate_keypair(directory / "keys-rec", "rec")
+        lines += ["[audit]", f'dir = "{directory / "recordings"}"', f'signing_key = "{rk.private_path}"',
+                  'signing_kid = "rec"', f'public_keys = {{ rec = "{rk.public_path}" }}', ""]
     path = directory / "pgwarden.toml"
     path.write_text("\n".join(lines))
     return path
@@ -80,7 +87,7 @@ def run_demo(args) -> int:
         port = args.port if args.port == 0 or _port_free(args.port) else 0
         cfg_path = write_config(work, pg_host=pg.host, pg_port=pg.port, scope_roles=roles, listen_port=port,
                                 kid=kp.kid, private_path=kp.private_path, public_path=kp.public_path,
-                                cert=cert, key=key)
+                                cert=cert, key=key, record=True)
         cfg = config_mod.load(cfg_path)
         private = load_private_key(kp.private_path)
 
@@ -131,5 +138,10 @@ def _banner(port: int, user: str, toks: dict[str, str], admin_dsn: str, cfg_path
         lines.append(f"  PGPASSWORD='{tok}' \\")
         lines.append(f"    psql 'postgresql://{user}@127.0.0.1:{port}/{DEMO_DB}?sslmode=require'")
         lines.append("")
-    lines += [f"Superuser, direct (no proxy): psql '{admin_dsn}'", "", "Press Ctrl-C to stop and clean up."]
+    lines += [f"Superuser, direct (no proxy): psql '{admin_dsn}'", "",
+              "Every session is recorded; as an auditor:",
+              f"  pgwarden sessions -c {cfg_path}",
+              f"  pgwarden replay SESSION_ID -c {cfg_path}",
+              f"  pgwarden audit verify -c {cfg_path}", "",
+              "Press Ctrl-C to stop and clean up."]
     return "\n".join(lines)

@@ -39,6 +39,8 @@ from ..wire.errors import ClientProtocolError, ProtocolError, ServerProtocolErro
 from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
+from .. import metrics
+from ..session.track import Statement, StatementTracker
 from .grant_watch import GrantRefused
 from .tls import MemoryTLS
 from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
@@ -58,7 +60,7 @@ class ClientConn(asyncio.Protocol):
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
         "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
         "sync_points", "deadline", "deadline_reason", "timer", "warned", "pending_notices", "end_reason",
-        "session_id", "grant_recorded",
+        "session_id", "grant_recorded", "recorder", "tracker", "cut_lag", "live",
     )
 
     def __init__(self, server) -> None:
@@ -100,6 +102,10 @@ class ClientConn(asyncio.Protocol):
         self.end_reason = "client closed"
         self.session_id = new_session_id(self.started_at)
         self.grant_recorded = False              # the grant store holds this session's start
+        self.recorder = None                     # proxy.audit SessionRecorder when [audit] is configured
+        self.tracker: StatementTracker | None = None   # pairs statements with their outcome, for the recorder
+        self.cut_lag: float | None = None        # ms from the deadline to the cut, when cut at a deadline
+        self.live = False                        # counted in the sessions_active metric
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -276,11 +282,13 @@ class ClientConn(asyncio.Protocol):
                                    user=self.user, database=self.database)
         except tokens.TokenError as e:
             self.log.info("auth_refused", check=e.check, reason=e.message)
+            metrics.auth_failure(e.check)
             self.fatal(e.sqlstate, f"pgwarden: {e.message}")
             return
         scope = self.cfg.scopes.get(claims.scope)
         if scope is None:
             self.log.info("auth_refused", check="scope", scope=claims.scope)
+            metrics.auth_failure("scope")
             self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION,
                        f"pgwarden: scope {claims.scope!r} of grant {claims.jti} is not configured on this proxy")
             return
@@ -292,6 +300,7 @@ class ClientConn(asyncio.Protocol):
             settings = filter_startup(self.params, self.cfg.catalog)
         except StartupRefused as e:
             self.log.info("auth_refused", check="startup_parameter", reason=str(e))
+            metrics.auth_failure("startup_parameter")
             self.fatal(c.SQLSTATE_INSUFFICIENT_PRIVILEGE, f"pgwarden: {e}")
             return
         app = self.params.get("application_name", "")
@@ -313,6 +322,7 @@ class ClientConn(asyncio.Protocol):
                 grant = await watch.admit(claims, time.time())
             except GrantRefused as e:
                 self.log.info("auth_refused", check="grant", reason=str(e))
+                metrics.auth_failure("grant")
                 self.fatal(c.SQLSTATE_INVALID_AUTHORIZATION, f"pgwarden: {e}")
                 return
             if self.phase == CLOSED:
@@ -366,6 +376,10 @@ class ClientConn(asyncio.Protocol):
         if watch is not None:
             watch.session_started(self.claims.jti, self.session_id, self.claims.sub, self.started_at)
             self.grant_recorded = True
+        metrics.session_started()
+        self.live = True
+        if self.server.recorders is not None:
+            self._start_recording(result)
         if leftover:
             self.on_server_data(leftover)
         self.resume_client_reading()
@@ -392,6 +406,7 @@ class ClientConn(asyncio.Protocol):
         terminate = False
         gate = self.server.gate
         enforcer = self.enforcer
+        tracker = self.tracker
         while self.waiting is None:
             frame = scanner.next_frame()
             if frame is NEED_DATA:
@@ -421,6 +436,14 @@ class ClientConn(asyncio.Protocol):
                                   via="Query" if name is None else "Parse")
                     sub = enforcer.deny_query(verdict.message, verdict.sqlstate) if name is None \
                         else enforcer.deny_parse(name, verdict.message, verdict.sqlstate)
+                metrics.statement(verdict.allowed, verdict.statement_class)
+                if tracker is not None:
+                    if name is None:
+                        tracker.query(text, verdict)
+                    else:
+                        tracker.parse(name, text, verdict, p.param_types)
+            elif tracker is not None:
+                self._track(tracker, mtype, buf, start, end)
             if mtype == c.PqMsg_Query or mtype == c.PqMsg_Sync or mtype == c.PqMsg_FunctionCall:
                 self.sync_points += 1
             if mtype == c.PqMsg_Bind:
@@ -453,6 +476,80 @@ class ClientConn(asyncio.Protocol):
             self.up_transport.write(b"".join(pieces))
         if terminate:
             self.closing = True
+
+    def _track(self, tracker: StatementTracker, mtype: int, buf, start: int, end: int) -> None:
+        """Tell the recording's tracker what the client sent (Query and Parse are told by _relay)."""
+        if mtype == c.PqMsg_Bind:
+            tracker.bind(*decode.decode_bind(buf, start, end))
+        elif mtype == c.PqMsg_Execute:
+            tracker.execute(decode.decode_execute(buf, start, end))
+        elif mtype == c.PqMsg_Sync:
+            tracker.sync()
+        elif mtype == c.PqMsg_CopyData:
+            tracker.copy_data(end - start)
+        elif mtype == c.PqMsg_Close:
+            tracker.close(*decode.decode_close(buf, start, end))
+        elif mtype == c.PqMsg_FunctionCall:
+            tracker.function_call(None)
+
+    # ------------------------------------------------------------------ recording
+
+    def _start_recording(self, login) -> None:
+        claims = self.claims
+        acfg = self.cfg.audit
+        self.recorder = rec = self.server.recorders.open(grant=claims.jti, session_id=self.session_id,
+                                                         on_failure=self._on_recording_failed)
+        rec.start(client_addr=self.peer, tls=self.tls.obj.version() if self.tls is not None else None,
+                  user=self.user, database=self.database, grant=claims.jti, scope=claims.scope,
+                  reason=claims.reason, ticket=claims.ticket, approver=claims.approver,
+                  backend_pid=self.up_pid, upstream_role=self.scope.role)
+        self.tracker = StatementTracker(self._record_statement, capture_params=acfg.capture_params,
+                                        copy_out_bytes=self._copy_out_bytes)
+        self.stream.on_message = self.tracker.on_server
+
+    def _copy_out_bytes(self) -> int:
+        return self.stream.copy_bytes
+
+    def _record_statement(self, st: Statement) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        v = st.verdict
+        message, sqlstate = st.message, st.sqlstate
+        if v is not None:
+            denied = not v.allowed
+        else:                                   # not judged here (FunctionCall): pgwarden's own error says
+            denied = sqlstate == "42501" and (message or "").startswith("pgwarden:")
+        if st.skipped:
+            message = "not executed: an earlier message of the same pipeline failed"
+        elif st.ended is None:
+            message = message or "interrupted: the session ended before the server answered"
+        ended = st.ended if st.ended is not None else time.time()
+        if st.copy_direction is not None:
+            rec.copy(st.copy_direction, st.copy_bytes, st.rows)
+        rec.statement(text=st.text, params=st.params, statement_class=v.statement_class if v else "admin",
+                      decision="denied" if denied else "allowed", rule=v.rule if v else None,
+                      started=st.started, duration=round(ended - st.started, 6), tag=st.tag, rows=st.rows,
+                      sqlstate=sqlstate, message=message, via=st.via)
+
+    def _on_recording_failed(self, error: str) -> None:
+        """The recording cannot be written: fail closed, the session does not go on unrecorded."""
+        metrics.recording_failed()
+        self.loop.call_soon(self.cut, f"the session recording could not be written ({error})",
+                            reason="recording_failed")
+
+    def _end_recording(self) -> None:
+        rec, tracker = self.recorder, self.tracker
+        self.recorder = self.tracker = None
+        if tracker is not None:
+            self.stream.on_message = None
+            for st in tracker.pending():
+                st.ended = None
+                self.recorder = rec
+                self._record_statement(st)
+                self.recorder = None
+        extra = {"lag_ms": self.cut_lag} if self.cut_lag is not None else {}
+        rec.end(self.end_reason, **extra)
 
     def apply_effects(self, verdict) -> None:
         """SQL-level PREPARE/DEALLOCATE: EXECUTE is judged as what its PREPARE was."""
@@ -577,6 +674,8 @@ class ClientConn(asyncio.Protocol):
         else:
             self.pending_notices.append(notice)
         self.log.info("expiry_warning", message=message)
+        if self.recorder is not None:
+            self.recorder.notice("expiry_warning", message)
 
     def cut(self, message: str, *, reason: str, deadline: float | None = None,
             sqlstate: str = c.SQLSTATE_ADMIN_SHUTDOWN) -> None:
@@ -599,6 +698,8 @@ class ClientConn(asyncio.Protocol):
                 pass
             up.abort()                       # no waiting: the backend sees EOF and rolls back
         self.end_reason = reason
+        self.cut_lag = lag
+        metrics.cut(reason)
         self.log.info("session_cut", reason=reason, message=message, lag_ms=lag,
                       busy=self.busy, duration=round(time.time() - self.started_at, 3))
         self.server.record_cut(reason, lag)
@@ -672,6 +773,11 @@ class ClientConn(asyncio.Protocol):
                     pass
                 self.up_transport.close()
             self.up_transport = None
+        if self.recorder is not None:
+            self._end_recording()
+        if self.live:
+            self.live = False
+            metrics.session_ended()
         if self.grant_recorded:
             self.grant_recorded = False
             self.server.grants.session_ended(self.claims.jti, self.session_id, self.claims.sub, self.started_at,

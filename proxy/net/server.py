@@ -41,6 +41,14 @@ class ProxyServer:
         self.judge = Judge(config.policy_scopes, max_length=config.max_statement_length, catalog=config.catalog)
         self.gate = PolicyGate(self.loop, self.judge, max_length=config.max_statement_length,
                                enforce=config.upstream.enforce)
+        self.recorders = None                # proxy.audit RecorderFactory when [audit] is configured
+        if config.audit is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from ..audit.writer import RecorderFactory
+            # fsync at session end runs here, not on the event loop
+            self.recorders = RecorderFactory.from_config(
+                config.audit, executor=ThreadPoolExecutor(2, thread_name_prefix="pgwarden-fsync"))
         self.grants = None                   # GrantWatch when the config has a [grants] store
         if config.grants is not None:
             from .grant_watch import GrantWatch
@@ -55,6 +63,10 @@ class ProxyServer:
             await self.peers.start(self)
         if self.grants is not None:
             self.grants.start()
+        if cfg.metrics_listen is not None:
+            from .. import metrics
+            self.metrics_port = metrics.start_metrics_server(cfg.metrics_listen)
+            log.info("metrics_listening", listen=cfg.metrics_listen, port=self.metrics_port)
         socks = self._server.sockets
         self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
         log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)
@@ -104,6 +116,9 @@ class ProxyServer:
             await asyncio.wait(list(self.tasks), timeout=2)
         if self.grants is not None:
             await self.grants.close()
+        if self.recorders is not None and self.recorders.executor is not None:
+            # every recording sealed by the cuts above reaches the disk before the process ends
+            await self.loop.run_in_executor(None, self.recorders.executor.shutdown, True)
         self.stopped.set()
 
 

@@ -181,3 +181,38 @@ def decode_close(buf, start: int, end: int) -> tuple[str, str]:
         raise ClientProtocolError("Close message too short")
     name, _ = _cstring(buf, start + 1, end, ClientProtocolError, "Close name")
     return chr(buf[start]), name
+
+
+def decode_bind(buf, start: int, end: int) -> tuple[str, str, list[tuple[bytes | None, bool]]]:
+    """Bind: (portal, statement, [(value or None for NULL, binary?)]) -- for the recording."""
+    portal, pos = _cstring(buf, start, end, ClientProtocolError, "Bind portal name")
+    statement, pos = _cstring(buf, pos, end, ClientProtocolError, "Bind statement name")
+    try:
+        (nfmt,) = struct.unpack_from("!H", buf, pos)
+        formats = struct.unpack_from(f"!{nfmt}H", buf, pos + 2)
+        pos += 2 + 2 * nfmt
+        (nparams,) = struct.unpack_from("!H", buf, pos)
+        pos += 2
+        params: list[tuple[bytes | None, bool]] = []
+        for i in range(nparams):
+            (size,) = struct.unpack_from("!i", buf, pos)
+            pos += 4
+            binary = bool(formats[i] if nfmt > 1 else formats[0] if nfmt == 1 else 0)
+            if size < 0:
+                params.append((None, binary))
+                continue
+            if pos + size > end:
+                raise ClientProtocolError("Bind message: parameter runs past the end of the message")
+            params.append((bytes(buf[pos:pos + size]), binary))
+            pos += size
+    except (struct.error, IndexError):
+        raise ClientProtocolError("Bind message: truncated parameter list") from None
+    if pos > end:
+        raise ClientProtocolError("Bind message: parameter list runs past the end of the message")
+    return portal, statement, params
+
+
+def decode_execute(buf, start: int, end: int) -> str:
+    """Execute: the portal name."""
+    name, _ = _cstring(buf, start, end, ClientProtocolError, "Execute portal name")
+    return name

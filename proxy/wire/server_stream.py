@@ -139,6 +139,8 @@ class ServerStream:
         msg = bytes(self.held)
         self.held = None
         replacement = self.on_error(msg[5:]) if self.on_error is not None else None
+        if replacement is not None:
+            msg = replacement
         if self.on_message is not None:
-            self.on_message(PqMsg_ErrorResponse, msg[5:])
-        return msg if replacement is None else replacement
+            self.on_message(PqMsg_ErrorResponse, msg[5:])    # what the client sees
+        return msg

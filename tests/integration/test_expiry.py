@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -164,3 +165,9 @@ def test_sigterm_drains_then_cuts(start_proxy):
     assert p.proc.wait(10) == 0
     idle.close()
     busy.close()
+    # every recording was sealed before the process ended: verify finds none unterminated
+    out = subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", "-c", str(p.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 ok, 0 failed, 0 unterminated" in out.stderr
+    assert "shutdown" in out.stdout

@@ -1,0 +1,184 @@
+"""StatementTracker: pairing what the client sent with what the server answered.
+
+What auditors rely on: one statement record per Query / Execute, in order,
+with its own command tags, rows, error and COPY bytes; after an error in a
+pipeline the statements the server skipped say so; nothing is attributed to
+the wrong statement, whatever the pipelining.
+"""
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.session.enforce import Verdict
+from proxy.session.track import MAX_PARAM_CHARS, StatementTracker, render_params
+from proxy.wire import decode, encode
+
+ALLOW = Verdict(True, "", "read.select", "read")
+DENY = Verdict(False, "pgwarden: denied", "ddl.drop", "ddl")
+
+C = ord("C")
+E = ord("E")
+Z = ord("Z")
+I_ = ord("I")
+G = ord("G")
+H = ord("H")
+
+
+def err(sqlstate: str, msg: str) -> bytes:
+    return encode.error_response(sqlstate, msg)[5:]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+def make(copy_out=lambda: 0):
+    out = []
+    return out, StatementTracker(out.append, copy_out_bytes=copy_out, clock=Clock())
+
+
+def test_simple_query_with_several_statements_is_one_record_with_every_tag():
+    out, t = make()
+    t.query("BEGIN; INSERT INTO t VALUES (1); COMMIT", ALLOW)
+    for tag in (b"BEGIN", b"INSERT 0 1", b"COMMIT"):
+        t.on_server(C, tag + b"\x00")
+        assert out == []                      # emitted at ReadyForQuery, not before
+    t.on_server(Z, b"I")
+    [s] = out
+    assert s.tags == ["BEGIN", "INSERT 0 1", "COMMIT"] and s.rows == 1 and s.sqlstate is None
+    assert s.via == "query" and s.ended > s.started
+
+
+def test_simple_query_error_and_denial():
+    out, t = make()
+    t.query("DROP TABLE t", DENY)
+    t.on_server(E, err("42501", "pgwarden: denied"))
+    t.on_server(Z, b"I")
+    t.query("SELECT 1/0", ALLOW)
+    t.on_server(E, err("22012", "division by zero"))
+    t.on_server(Z, b"I")
+    t.query("", ALLOW)
+    t.on_server(I_, b"")
+    t.on_server(Z, b"I")
+    assert [(s.text, s.verdict, s.sqlstate, s.tags) for s in out] == [
+        ("DROP TABLE t", DENY, "42501", []), ("SELECT 1/0", ALLOW, "22012", []), ("", ALLOW, None, [])]
+
+
+def test_pipeline_error_belongs_to_the_first_unanswered_execute_and_the_rest_are_skipped():
+    out, t = make()
+    t.parse("", "SELECT $1::int", ALLOW, (23,))
+    t.bind("", "", [(struct.pack("!i", 7), True)])
+    t.execute("")
+    t.parse("s2", "SELECT 1/$1", ALLOW)
+    t.bind("", "s2", [(b"0", False)])
+    t.execute("")
+    t.parse("", "SELECT 3", ALLOW)
+    t.bind("", "", [])
+    t.execute("")
+    t.sync()
+    t.query("SELECT 4", ALLOW)
+    t.on_server(C, b"SELECT 1\x00")
+    assert [s.text for s in out] == ["SELECT $1::int"]   # an Execute is recorded when answered
+    t.on_server(E, err("22012", "division by zero"))
+    t.on_server(Z, b"E")
+    t.on_server(C, b"SELECT 1\x00")
+    t.on_server(Z, b"I")
+    assert [(s.text, s.params, s.tag, s.sqlstate, s.skipped) for s in out] == [
+        ("SELECT $1::int", ["7"], "SELECT 1", None, False),
+        ("SELECT 1/$1", ["0"], None, "22012", False),
+        ("SELECT 3", [], None, None, True),
+        ("SELECT 4", None, "SELECT 1", None, False),
+    ]
+
+
+def test_failed_parse_alone_is_recorded_with_its_text():
+    out, t = make()
+    t.parse("bad", "SELEC 1", ALLOW)
+    t.sync()
+    t.on_server(E, err("42601", "syntax error"))
+    t.on_server(Z, b"I")
+    [s] = out
+    assert (s.text, s.via, s.sqlstate) == ("SELEC 1", "parse", "42601")
+
+
+def test_copy_in_and_out_bytes():
+    server_bytes = [0]
+    out, t = make(copy_out=lambda: server_bytes[0])
+    t.query("COPY t FROM STDIN", ALLOW)
+    t.on_server(G, b"\x00\x00\x00")
+    t.copy_data(10)
+    t.copy_data(5)
+    t.on_server(C, b"COPY 2\x00")
+    t.on_server(Z, b"I")
+    t.query("COPY t TO STDOUT", ALLOW)
+    server_bytes[0] += 100                     # CopyData before the statement: not counted
+    t.on_server(H, b"\x00\x00\x00")
+    server_bytes[0] += 42
+    t.on_server(C, b"COPY 3\x00")
+    t.on_server(Z, b"I")
+    assert [(s.copy_direction, s.copy_bytes, s.rows) for s in out] == [("in", 15, 2), ("out", 42, 3)]
+
+
+def test_pending_lists_what_the_server_never_answered():
+    out, t = make()
+    t.query("SELECT pg_sleep(60)", ALLOW)
+    assert [s.text for s in t.pending()] == ["SELECT pg_sleep(60)"] and out == []
+
+
+def test_closed_statement_and_unknown_portal():
+    out, t = make()
+    t.parse("s", "SELECT 1", ALLOW)
+    t.close("S", "s")
+    t.bind("", "s", [])
+    t.execute("")
+    t.sync()
+    t.on_server(E, err("26000", "prepared statement \"s\" does not exist"))
+    t.on_server(Z, b"I")
+    assert out[0].text.startswith("<unknown prepared statement") and out[0].sqlstate == "26000"
+
+
+def test_render_params():
+    assert render_params([(None, False), (b"abc", False), (b"\x00\x01", True)]) == [None, "abc", "\\x0001"]
+    assert render_params([(struct.pack("!q", -5), True), (b"\x01", True), (struct.pack("!d", 1.5), True)],
+                         (20, 16, 701)) == ["-5", "true", "1.5"]
+    assert render_params([(b"\x01\x02", True)], (23,)) == ["258"]
+    assert render_params([(b"\x01", True)], (2950,)) == ["\\x01"]          # not 16 bytes: hex, no crash
+    long = render_params([(b"x" * (MAX_PARAM_CHARS + 10), False)])[0]
+    assert long.startswith("x" * MAX_PARAM_CHARS) and long.endswith(f"({MAX_PARAM_CHARS + 10} bytes)")
+
+
+def bind_message(portal: str, stmt: str, params: list, formats: list[int]) -> bytes:
+    body = encode.cstr(portal) + encode.cstr(stmt) + struct.pack("!H", len(formats))
+    body += b"".join(struct.pack("!H", f) for f in formats) + struct.pack("!H", len(params))
+    for p in params:
+        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
+    return body + struct.pack("!H", 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=20)), max_size=8), st.sampled_from(["none", "one", "each"]))
+def test_decode_bind_round_trip(params, fmt):
+    formats = {"none": [], "one": [1], "each": [i % 2 for i in range(len(params))]}[fmt]
+    body = bind_message("p", "s", params, formats)
+    buf = b"junk" + body + b"next message"
+    portal, stmt, got = decode.decode_bind(buf, 4, 4 + len(body))
+    assert (portal, stmt) == ("p", "s")
+    expect_binary = [bool(formats[i]) if len(formats) > 1 else bool(formats[0]) if formats else False
+                     for i in range(len(params))]
+    assert got == list(zip(params, expect_binary))
+
+
+def test_decode_bind_truncated_is_a_protocol_error():
+    import pytest
+
+    from proxy.wire.errors import ClientProtocolError
+    body = bind_message("", "", [b"abcdef"], [])
+    with pytest.raises(ClientProtocolError):
+        decode.decode_bind(body + b"more", 0, len(body) - 6)
