@@ -142,7 +142,12 @@ class ClientConn(asyncio.Protocol):
                 if not data:
                     return
             self.scanner.feed(data)
-            self._process()
+            if self.server.timing and self.phase == RELAY:
+                t0 = time.perf_counter()
+                self._process()
+                metrics.relay_latency(time.perf_counter() - t0)
+            else:
+                self._process()
             self.scanner.compact()
         except _Stop:
             return

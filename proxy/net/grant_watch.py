@@ -33,9 +33,12 @@ import structlog
 from policy.grants import check_for_connect
 from policy.tokens import format_ts
 
+from .. import metrics
+
 log = structlog.get_logger("pgwarden.grants")
 
 LISTEN_RETRY = 1.0        # seconds between attempts when the store fails under the watcher
+GAUGE_EVERY = 10.0        # seconds between counts of active grants for the metrics gauge
 
 
 class GrantRefused(Exception):
@@ -95,6 +98,7 @@ class GrantWatch:
         self._thread.start()
 
     def _listen(self) -> None:
+        counted = 0.0
         while not self._stop.is_set():
             try:
                 for gid in self.store.listen(self._stop):
@@ -102,11 +106,20 @@ class GrantWatch:
                         return
                     if gid is not None:
                         self.loop.call_soon_threadsafe(self._changed, gid)
+                    if time.monotonic() - counted >= GAUGE_EVERY:
+                        counted = time.monotonic()
+                        metrics.set_grants_active(self._count_live())
             except Exception as e:
                 log.warning("grant_watch_failed", error=str(e), retry_in=LISTEN_RETRY)
                 self._stop.wait(LISTEN_RETRY)
             except BaseException:
                 return
+
+    def _count_live(self) -> int:
+        """Grants a client could connect with now (approved or active, within their window)."""
+        now = time.time()
+        return sum(1 for state in ("approved", "active") for g in self.store.list(state=state)
+                   if check_for_connect(g, now) is None)
 
     def _changed(self, grant_id: str) -> None:
         if self.server.sessions_of_grant(grant_id):

@@ -49,6 +49,7 @@ class ProxyServer:
             # fsync at session end runs here, not on the event loop
             self.recorders = RecorderFactory.from_config(
                 config.audit, executor=ThreadPoolExecutor(2, thread_name_prefix="pgwarden-fsync"))
+        self.timing = config.metrics_listen is not None   # observe the relay latency histogram
         self.grants = None                   # GrantWatch when the config has a [grants] store
         if config.grants is not None:
             from .grant_watch import GrantWatch

@@ -215,6 +215,8 @@ def test_metrics_endpoint_counts_sessions_statements_and_refusals(start_proxy):
     assert 'pgwarden_statements_total{class="ddl",decision="denied"} 1.0' in body
     assert "pgwarden_auth_failures_total{" in body
     assert "pgwarden_sessions_total 1.0" in body
+    count = [line for line in body.splitlines() if line.startswith("pgwarden_relay_latency_seconds_count")]
+    assert count and float(count[0].split()[-1]) >= 2, count
 
 
 def test_recording_directory_is_private(proxy):
