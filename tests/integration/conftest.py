@@ -108,7 +108,7 @@ def proxy_assets(tmp_path_factory):
 
 
 def _make_proxy(pg, scope_roles, proxy_assets, *, name: str, tls: bool = True, upstream: dict | None = None,
-                server: dict | None = None, record: bool = True) -> Proxy:
+                server: dict | None = None, record: bool = True, extra_toml: str = "") -> Proxy:
     base, kp, cert, key = proxy_assets
     work = base / name
     work.mkdir(exist_ok=True)
@@ -117,6 +117,8 @@ def _make_proxy(pg, scope_roles, proxy_assets, *, name: str, tls: bool = True, u
                        scope_roles=scope_roles, listen_port=port, kid=kp.kid, private_path=kp.private_path,
                        public_path=kp.public_path, cert=cert if tls else None, key=key if tls else None,
                        extra_server=server, record=record)
+    if extra_toml:
+        cfg.write_text(cfg.read_text() + "\n" + extra_toml)
     if upstream and "sslmode" in upstream:
         text = cfg.read_text().replace('sslmode = "prefer"', f'sslmode = "{upstream["sslmode"]}"')
         cfg.write_text(text)
@@ -133,7 +135,8 @@ def proxy(pg, scope_roles, proxy_assets):
 @pytest.fixture
 def start_proxy(pg, scope_roles, proxy_assets):
     """start_proxy(tls=False, upstream={"host":..., "port":..., "sslmode":...}, server={"connect_timeout": 1},
-    record=False): every proxy records its sessions in <workdir>/recordings unless record=False."""
+    record=False, extra_toml="[grants]..."): every proxy records its sessions in <workdir>/recordings unless
+    record=False; extra_toml is appended to its pgwarden.toml."""
     started: list[Proxy] = []
     counter = iter(range(10_000))
 

@@ -78,3 +78,38 @@ def test_sigterm_stops_every_worker(multi):
     assert multi.proc.wait(20) == 0
     for k in kids:
         assert not Path(f"/proc/{k}").exists() or "zombie" in Path(f"/proc/{k}/status").read_text()
+
+
+def test_revocation_reaches_every_worker(start_proxy):
+    """Each worker watches the grant store itself: a revocation from another process cuts the
+    grant's sessions on every worker."""
+    from policy.grants import GrantRules, GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    p = start_proxy(server={"workers": WORKERS}, extra_toml='[grants]\nstore = "grants.db"\n')
+    deadline = time.monotonic() + 10
+    while len(_children(p.proc.pid)) < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rules: GrantRules = load_grants_config(p.config_path).rules
+    now = time.time()
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", subject="alice", database="appdb", scope="read",
+                                       duration=600, reason="workers test", now=now))
+        event = rules.initial_event(g)               # read scope: approved automatically
+        assert event is not None
+        g = store.update(apply(g, event, actor="alice", now=now), GrantState.REQUESTED)
+        conns = [psycopg.connect(p.dsn("read", token=p.token("read", jti=g.id)), autocommit=True)
+                 for _ in range(9)]
+        pids = {c.execute("select pg_backend_pid()").fetchone()[0] for c in conns}
+        assert len(pids) == 9
+        store.update(rules.revoke(store.get(g.id), actor="carol", now=time.time(), reason="workers test over"),
+                     g.state)
+    t0 = time.monotonic()
+    for c in conns:
+        with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} revoked by carol"):
+            while True:
+                c.execute("select 1")
+                assert time.monotonic() - t0 < 3, "a worker kept a revoked grant's session"
+                time.sleep(0.05)
+        c.close()
