@@ -1,0 +1,379 @@
+"""The benchmark environment: one throwaway PostgreSQL, pgwarden and PgBouncer.
+
+``BenchEnv`` starts, in a temporary directory:
+
+- PostgreSQL (``proxy.embedded``), TLS on (a self-signed certificate), with
+  pgbench tables at the chosen scale and ``max_connections`` high enough for
+  the idle-session test;
+- ``pgwarden serve`` as users run it: policy on (the write scope, every
+  statement classified), uvloop, recording on when ``[audit]`` is supported
+  (``proxy.audit.config``; recordings signed with a key made by
+  ``proxy.keys``), TLS offered (loopback clients may skip it), upstream
+  plaintext TCP;
+- PgBouncer (Debian package ``pgbouncer``) in session mode, SCRAM auth for
+  clients, TLS offered, upstream plaintext TCP.
+
+``targets(tls=...)`` gives libpq environments (``PGHOST``, ``PGPORT`` ...)
+for ``direct``, ``pgwarden`` and ``pgbouncer``, so every client (pgbench,
+psql, asyncpg) reaches the three the same way.  All three use TCP on
+127.0.0.1.  ``ensure_pgbouncer()`` installs the package with apt-get when it
+is missing and we are root.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from policy.tokens import mint                                   # noqa: E402
+from proxy.demo import write_config                              # noqa: E402
+from proxy.embedded import EmbeddedPostgres, create_scope_roles, find_pg_bindir  # noqa: E402
+from proxy.keys import generate_keypair, load_private_key        # noqa: E402
+from proxy.tlsutil import make_self_signed_cert                  # noqa: E402
+
+DB = "appdb"
+USER = "alice"
+SCOPE = "write"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what or 'process'} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what or 'nothing'} listening on {port} after {timeout} s")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def pgbouncer_path() -> str | None:
+    exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return exe if os.path.exists(exe) else None
+
+
+def ensure_pgbouncer(install: bool = True) -> str | None:
+    """The pgbouncer binary; installed from Debian's packages when missing (root only)."""
+    exe = pgbouncer_path()
+    if exe or not install:
+        return exe
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        log("pgbouncer is not installed and cannot be installed here (not root, or no apt-get)")
+        return None
+    log("installing pgbouncer (apt-get install -y pgbouncer)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer"], env=env,
+                   check=False, stdout=subprocess.DEVNULL)
+    # the package's own service must not hold port 6432 behind our back
+    if shutil.which("systemctl") and os.path.isdir("/run/systemd/system"):
+        subprocess.run(["systemctl", "disable", "--now", "pgbouncer"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return pgbouncer_path()
+
+
+def pgbench_path() -> str:
+    try:
+        candidate = find_pg_bindir() / "pgbench"
+        if candidate.exists():
+            return str(candidate)
+    except Exception:  # noqa: BLE001 - fall back to PATH
+        pass
+    exe = shutil.which("pgbench")
+    if exe is None:
+        raise RuntimeError("pgbench not found (install postgresql-15 or postgresql-client-15)")
+    return exe
+
+
+def recording_supported() -> bool:
+    """True when this pgwarden can record sessions ([audit] section and write_config(record=...))."""
+    try:
+        import proxy.audit.config  # noqa: F401
+    except ImportError:
+        return False
+    return "record" in inspect.signature(write_config).parameters
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    pid: int                       # the server process itself (not runuser's)
+    port: int
+    log_path: Path
+
+
+@dataclass
+class BenchEnv:
+    scale: int = 10
+    max_connections: int = 1200
+    record: bool = True
+    pgbouncer: bool = True
+    install: bool = True
+    workers: int = 1
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
+
+    def __post_init__(self) -> None:
+        self.pg: EmbeddedPostgres | None = None
+        self.procs: list[Proc] = []
+        self.pgwarden: Proc | None = None
+        self.bouncer: Proc | None = None
+        self.role = self.password = ""
+        self.token = ""
+        self.recording = False
+        self.cert = self.key = Path()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> BenchEnv:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.work.chmod(0o755)
+        tls_dir = self.work / "tls"
+        tls_dir.mkdir()
+        tls_dir.chmod(0o755)
+        self.cert, self.key = make_self_signed_cert(tls_dir)
+        pg_tls = self._server_tls_copy("pg")
+        log(f"starting PostgreSQL (max_connections {self.max_connections}) in {self.work}")
+        self.pg = EmbeddedPostgres(max_connections=self.max_connections, extra_conf={
+            "shared_buffers": "256MB", "ssl": "on", "ssl_cert_file": str(pg_tls[0]),
+            "ssl_key_file": str(pg_tls[1]), "max_wal_size": "2GB", "checkpoint_timeout": "30min",
+        }).start()
+        roles = create_scope_roles(self.pg, DB)
+        self.role, self.password = roles[SCOPE]
+        log(f"pgbench -i -s {self.scale}")
+        env = dict(os.environ, PGPASSWORD=self.pg.superuser_password, PGSSLMODE="disable")
+        subprocess.run([pgbench_path(), "-i", "-q", "-s", str(self.scale), "-h", "127.0.0.1", "-p",
+                        str(self.pg.port), "-U", "postgres", DB], env=env, check=True, capture_output=True)
+        self._start_pgwarden(roles)
+        if self.pgbouncer:
+            exe = ensure_pgbouncer(self.install)
+            if exe:
+                self._start_pgbouncer(exe)
+            else:
+                log("PgBouncer unavailable: comparing with a direct connection only")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+                try:
+                    p.popen.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.popen.kill()
+                    p.popen.wait()
+        self.procs.clear()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # ---------------------------------------------------------------- pieces
+
+    def _server_tls_copy(self, name: str) -> tuple[Path, Path]:
+        """cert/key copies a server running as the postgres user can read (key 0600, its owner)."""
+        d = self.work / f"tls-{name}"
+        d.mkdir()
+        cert, key = d / "server.crt", d / "server.key"
+        shutil.copy(self.cert, cert)
+        shutil.copy(self.key, key)
+        key.chmod(0o600)
+        if os.geteuid() == 0:
+            for path in (d, cert, key):
+                shutil.chown(path, "postgres", "postgres")
+        return cert, key
+
+    def _start_pgwarden(self, roles) -> None:
+        kp = generate_keypair(self.work / "keys", "bench")
+        port = free_port()
+        wdir = self.work / "pgwarden"
+        wdir.mkdir()
+        kwargs = {}
+        self.recording = self.record and recording_supported()
+        if self.recording:
+            kwargs["record"] = True
+        elif self.record:
+            log("this pgwarden has no [audit] recording: measuring with policy on, recording off")
+        server = {"workers": self.workers} if self.workers > 1 else None
+        cfg = write_config(wdir, pg_host="127.0.0.1", pg_port=self.pg.port, scope_roles=roles, listen_port=port,
+                           kid=kp.kid, private_path=kp.private_path, public_path=kp.public_path,
+                           cert=self.cert, key=self.key, extra_server=server, **kwargs)
+        text = cfg.read_text().replace('sslmode = "prefer"', 'sslmode = "disable"')
+        cfg.write_text(text)
+        self.config_path = cfg
+        log_path = wdir / "pgwarden.log"
+        popen = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--log-level",
+                                  "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
+                                 stderr=open(log_path, "wb"), cwd=str(ROOT))
+        self.pgwarden = Proc("pgwarden", popen, popen.pid, port, log_path)
+        self.procs.append(self.pgwarden)
+        wait_port(port, proc=popen, what="pgwarden")
+        self.private_key = load_private_key(kp.private_path)
+        self.kid = kp.kid
+        self.token = self.mint()
+
+    def mint(self, ttl: float = 24 * 3600) -> str:
+        return mint(self.private_key, kid=self.kid, sub=USER, db=DB, scope=SCOPE, audience="pgwarden",
+                    now=time.time(), ttl=ttl, reason="benchmark")
+
+    def _start_pgbouncer(self, exe: str) -> None:
+        port = free_port()
+        d = self.work / "pgbouncer"
+        d.mkdir()
+        cert, key = self._server_tls_copy("pgbouncer")
+        users = d / "userlist.txt"
+        users.write_text(f'"{self.role}" "{self.password}"\n')
+        ini = d / "pgbouncer.ini"
+        ini.write_text(f"""[databases]
+{DB} = host=127.0.0.1 port={self.pg.port} dbname={DB} user={self.role} password={self.password}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {users}
+pool_mode = session
+max_client_conn = {self.max_connections + 200}
+default_pool_size = {self.max_connections - 50}
+client_tls_sslmode = allow
+client_tls_cert_file = {cert}
+client_tls_key_file = {key}
+server_tls_sslmode = disable
+logfile = {d}/pgbouncer.log
+pidfile = {d}/pgbouncer.pid
+""")
+        cmd = [exe, str(ini)]
+        if os.geteuid() == 0:                  # pgbouncer refuses to run as root
+            for path in (d, users, ini):
+                shutil.chown(path, "postgres", "postgres")
+            users.chmod(0o600)
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            wait_port(port, proc=popen, what="pgbouncer")
+        except RuntimeError as e:
+            logf = d / "pgbouncer.log"
+            raise RuntimeError(f"{e}: {logf.read_text() if logf.exists() else 'no log'}") from None
+        pid = popen.pid
+        pidfile = d / "pgbouncer.pid"
+        for _ in range(50):
+            if pidfile.exists() and pidfile.read_text().strip():
+                pid = int(pidfile.read_text().strip())
+                break
+            time.sleep(0.05)
+        self.bouncer = Proc("pgbouncer", popen, pid, port, d / "pgbouncer.log")
+        self.procs.append(self.bouncer)
+
+    # ---------------------------------------------------------------- clients
+
+    def targets(self, *, tls: bool = False) -> dict[str, dict[str, str]]:
+        """libpq environments for each path, in the order runs are interleaved."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        base.update(PGDATABASE=DB, PGHOST="127.0.0.1", PGSSLMODE="require" if tls else "disable",
+                    PGCONNECT_TIMEOUT="30")
+        out = {"direct": dict(base, PGPORT=str(self.pg.port), PGUSER=self.role, PGPASSWORD=self.password)}
+        if self.bouncer is not None:
+            out["pgbouncer"] = dict(base, PGPORT=str(self.bouncer.port), PGUSER=self.role,
+                                    PGPASSWORD=self.password)
+        out["pgwarden"] = dict(base, PGPORT=str(self.pgwarden.port), PGUSER=USER, PGPASSWORD=self.token)
+        return out
+
+    def versions(self) -> dict[str, str]:
+        import platform
+
+        def first_line(cmd: list[str]) -> str:
+            try:
+                return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+            except Exception:  # noqa: BLE001
+                return "?"
+
+        import pglast
+        out = {
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, {_cpu_model()}, "
+                       f"{_mem_gb():.0f} GB RAM, {platform.system()} {platform.release()}",
+            "python": platform.python_version(),
+            "postgresql": first_line([str(find_pg_bindir() / "postgres"), "--version"]),
+            "pgbench": first_line([pgbench_path(), "--version"]),
+            "pglast": pglast.__version__,
+        }
+        try:
+            import uvloop
+            out["uvloop"] = uvloop.__version__
+        except ImportError:
+            out["uvloop"] = "not installed"
+        if self.bouncer is not None:
+            out["pgbouncer"] = first_line([pgbouncer_path() or "pgbouncer", "--version"])
+        try:
+            from proxy.wire import server_stream
+            out["header scanner"] = getattr(server_stream, "SCANNER_IMPL", "python")
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            from policy.sql import masked
+            out["masked key"] = masked.KEY_IMPL
+        except Exception:  # noqa: BLE001
+            pass
+        out["recording"] = "on" if self.recording else "off (no [audit] support)"
+        return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _mem_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 1024 / 1024
+    except OSError:
+        return 0.0

@@ -1,0 +1,369 @@
+"""What does pgwarden cost? pgbench through pgwarden, PgBouncer and a direct connection, in one run.
+
+    python -m benchmarks.suite                 # or: ./dev bench
+    python -m benchmarks.suite --duration 4 --repeat 3 --json out.json --markdown out.md --chart out.png
+    python -m benchmarks.suite --only select-only-prepared --quick
+
+Starts its own PostgreSQL, pgwarden (policy and recording on) and PgBouncer
+(session mode; installed with apt-get when missing) -- see benchmarks/env.py --
+then runs each workload on each path, interleaved (direct, PgBouncer,
+pgwarden, direct, PgBouncer, pgwarden ...) and repeated, and prints the median
+of each and the ratios pgwarden/direct and pgwarden/PgBouncer, with the
+issue's targets.  These machines are noisy: only ratios measured in the same
+run mean anything.  The default run (4 s x 3 repeats) takes about 10 minutes.
+
+Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
+and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
+default); a 10,000-row result per query at -c 4 (-M prepared, reported as
+MB/s too); connection churn (-C: a new connection per transaction, -S -c 8)
+without and with TLS; 1,000 idle sessions held open (proxy memory per
+session).  Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks.env import DB, BenchEnv, log, pgbench_path, rss_kb
+
+PATHS = ("direct", "pgbouncer", "pgwarden")
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    label: str
+    args: tuple[str, ...]
+    clients: int
+    tls: bool = False
+    script: bool = False            # the 10,000-row custom script
+    target: tuple[str, float] | None = None   # ("pgbouncer" | "direct", minimum pgwarden/that ratio)
+
+    def pgbench_args(self, duration: int, script_path: Path | None) -> list[str]:
+        args = ["-n", *self.args, "-c", str(self.clients), "-j", str(min(self.clients, 2)), "-T", str(duration)]
+        if self.script:
+            args += ["-f", str(script_path)]
+        return args
+
+
+def _workloads() -> list[Workload]:
+    out = []
+    for mode in ("prepared", "extended", "simple"):
+        for c in (1, 8, 32):
+            out.append(Workload(f"select-only-{mode}-c{c}", f"select-only -M {mode}", ("-S", "-M", mode), c,
+                                target=("pgbouncer", 0.9 if c == 8 else 0.8)))
+    out.append(Workload("tpcb-c8", "TPC-B (default script, -M simple)", ("-M", "simple"), 8,
+                        target=("pgbouncer", 0.9)))
+    out.append(Workload("rows10k-c4", "10,000-row result (-M prepared)", ("-M", "prepared"), 4, script=True,
+                        target=("pgbouncer", 1.2)))
+    out.append(Workload("churn-c8", "connection churn -C (-S, no TLS)", ("-S", "-C", "-M", "simple"), 8,
+                        target=("direct", 0.7)))
+    out.append(Workload("churn-tls-c8", "connection churn -C (-S, TLS on every path)", ("-S", "-C", "-M", "simple"),
+                        8, tls=True, target=("direct", 0.7)))
+    return out
+
+
+WORKLOADS = _workloads()
+IDLE_TARGET_KB = 64
+
+
+# --------------------------------------------------------------------------- pgbench
+
+
+def run_pgbench(env: dict[str, str], args: list[str], timeout: float) -> float:
+    out = subprocess.run([pgbench_path(), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n"
+                           f"{out.stderr[-2000:]}")
+    m = re.search(r"^tps = ([\d.]+)", out.stdout, re.M)
+    if not m:
+        raise RuntimeError(f"no tps in pgbench output:\n{out.stdout}")
+    return float(m.group(1))
+
+
+def rows_script(path: Path, scale: int) -> Path:
+    top = scale * 100_000 - 10_000
+    path.write_text(f"\\set a random(0, {top})\n"
+                    "SELECT aid, bid, abalance, filler FROM pgbench_accounts "
+                    "WHERE aid > :a AND aid <= :a + 10000;\n")
+    return path
+
+
+def result_bytes(env: BenchEnv, sql: str) -> int:
+    """Bytes the server sends for ``sql`` (RowDescription ... CommandComplete), over the unix socket."""
+    pg = env.pg
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(pg.socket_dir / f".s.PGSQL.{pg.port}"))
+    body = struct.pack("!i", 196608) + b"user\0postgres\0database\0" + DB.encode() + b"\0\0"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+
+    def read_until_ready() -> int:
+        total = 0
+        buf = b""
+        while True:
+            while len(buf) < 5:
+                buf += sock.recv(65536)
+            mtype, length = struct.unpack("!ci", buf[:5])
+            while len(buf) < 1 + length:
+                buf += sock.recv(65536)
+            buf = buf[1 + length:]
+            if mtype == b"Z":
+                return total
+            if mtype == b"E":
+                raise RuntimeError("server error while measuring the result size")
+            total += 1 + length
+
+    read_until_ready()
+    q = sql.encode() + b"\0"
+    sock.sendall(b"Q" + struct.pack("!i", len(q) + 4) + q)
+    n = read_until_ready()
+    sock.close()
+    return n
+
+
+# --------------------------------------------------------------------------- idle sessions
+
+
+async def _hold(n: int, target: dict[str, str], concurrency: int = 50):
+    import asyncpg
+
+    sem = asyncio.Semaphore(concurrency)
+    conns = []
+
+    async def one():
+        async with sem:
+            conns.append(await asyncpg.connect(host=target["PGHOST"], port=int(target["PGPORT"]),
+                                               user=target["PGUSER"], password=target["PGPASSWORD"],
+                                               database=DB, ssl=False, timeout=60))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def idle_sessions(env: BenchEnv, n: int) -> dict:
+    """Open ``n`` sessions through pgwarden (then PgBouncer), idle; the server process's RSS per session."""
+    out: dict = {"sessions": n}
+    targets = env.targets()
+    for name, proc in (("pgwarden", env.pgwarden), ("pgbouncer", env.bouncer)):
+        if proc is None:
+            continue
+
+        async def measure():
+            before = rss_kb(proc.pid)
+            t0 = time.monotonic()
+            conns = await _hold(n, targets[name])
+            opened = time.monotonic() - t0
+            await asyncio.sleep(1.0)
+            after = rss_kb(proc.pid)
+            ok = await conns[0].fetchval("SELECT 1") == 1
+            await asyncio.gather(*(c.close() for c in conns))
+            return before, after, opened, ok
+
+        before, after, opened, ok = asyncio.run(measure())
+        per = (after - before) / n
+        out[name] = {"rss_before_kb": before, "rss_after_kb": after, "kb_per_session": round(per, 1),
+                     "open_seconds": round(opened, 2), "still_serving": ok}
+        log(f"idle sessions via {name}: {n} opened in {opened:.1f} s, RSS {before} -> {after} KiB, "
+            f"{per:.1f} KiB/session")
+        time.sleep(2)           # let the backends go away before the next path
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Results:
+    meta: dict = field(default_factory=dict)
+    runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    idle: dict = field(default_factory=dict)
+    rows_bytes: int = 0
+
+    def median(self, key: str, path: str) -> float | None:
+        vals = self.runs.get(key, {}).get(path)
+        return statistics.median(vals) if vals else None
+
+
+def run(args) -> Results:
+    res = Results()
+    selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
+    per_run = args.duration + 1.5
+    estimate = len(selected) * args.repeat * 3 * per_run + (40 if args.idle else 0) + 60
+    log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
+        f"about {estimate / 60:.0f} min after setup")
+    t_start = time.monotonic()
+    with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
+                  pgbouncer=not args.no_pgbouncer, install=not args.no_install) as env:
+        res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
+                    "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                    "pgwarden": {"scope": "write", "policy": "on", "recording": env.recording, "tls": "offered",
+                                 "upstream": "TCP 127.0.0.1, no TLS"},
+                    "commands": {}}
+        script = rows_script(env.work / "rows10k.sql", args.scale)
+        res.rows_bytes = result_bytes(env, "SELECT aid, bid, abalance, filler FROM pgbench_accounts "
+                                           "WHERE aid > 0 AND aid <= 10000")
+        log(f"10,000-row result: {res.rows_bytes} bytes on the wire per query")
+        log("warming up every path (select-only prepared c8, 2 s)")
+        for name, tenv in env.targets().items():
+            run_pgbench(tenv, ["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", "2"], 60)
+        if args.idle:
+            res.idle = idle_sessions(env, args.idle)
+        for w in selected:
+            targets = env.targets(tls=w.tls)
+            pg_args = w.pgbench_args(args.duration, script)
+            res.meta["commands"][w.key] = "pgbench " + " ".join(
+                a if a != str(script) else "rows10k.sql" for a in pg_args)
+            for rep in range(args.repeat):
+                for name, tenv in targets.items():       # interleaved: noise hits every path alike
+                    tps = run_pgbench(tenv, pg_args, timeout=args.duration * 4 + 120)
+                    res.runs.setdefault(w.key, {}).setdefault(name, []).append(tps)
+                    log(f"{w.key:26} #{rep + 1} {name:9} {tps:10.1f} tps")
+        res.meta["elapsed_s"] = round(time.monotonic() - t_start)
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def _fmt(x: float | None, spec: str = ".0f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def table(res: Results) -> str:
+    rows = ["| workload | -c | direct | PgBouncer | pgwarden | pgwarden/direct | pgwarden/PgBouncer | target | met |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for w in WORKLOADS:
+        if w.key not in res.runs:
+            continue
+        d, b, p = (res.median(w.key, n) for n in PATHS)
+        rd, rb = _ratio(p, d), _ratio(p, b)
+        met = ""
+        goal = ""
+        if w.target:
+            against, minimum = w.target
+            r = rb if against == "pgbouncer" else rd
+            goal = f"≥ {minimum} of {'PgBouncer' if against == 'pgbouncer' else 'direct'}"
+            met = "n/a" if r is None else ("yes" if r >= minimum else "**no**")
+        unit = " TPS" if w.script else ""
+        rows.append(f"| {w.label} | {w.clients} | {_fmt(d)}{unit} | {_fmt(b)} | {_fmt(p)} | {_fmt(rd, '.2f')} | "
+                    f"{_fmt(rb, '.2f')} | {goal} | {met} |")
+        if w.script and res.rows_bytes:
+            mb = [None if x is None else x * res.rows_bytes / 1e6 for x in (d, b, p)]
+            rows.append(f"| ↳ same, result bytes/s | {w.clients} | {_fmt(mb[0])} MB/s | {_fmt(mb[1])} MB/s | "
+                        f"{_fmt(mb[2])} MB/s | | | | |")
+    if res.idle:
+        for name in ("pgwarden", "pgbouncer"):
+            i = res.idle.get(name)
+            if i:
+                goal = f"< {IDLE_TARGET_KB} KB" if name == "pgwarden" else ""
+                met = ("yes" if i["kb_per_session"] < IDLE_TARGET_KB else "**no**") if name == "pgwarden" else ""
+                rows.append(f"| {res.idle['sessions']} idle sessions: {name} RSS per session | | | | "
+                            f"{i['kb_per_session']:.1f} KiB | | | {goal} | {met} |")
+    return "\n".join(rows)
+
+
+def meta_text(res: Results) -> str:
+    v = res.meta.get("versions", {})
+    lines = [f"- {k}: {val}" for k, val in v.items()]
+    lines.append(f"- runs: {res.meta.get('repeat')} x {res.meta.get('duration_s')} s per workload and path, "
+                 f"interleaved, median; pgbench scale {res.meta.get('scale')}; total {res.meta.get('elapsed_s')} s")
+    return "\n".join(lines)
+
+
+def chart(res: Results, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed (pip install -e '.[bench]'): no chart")
+        return False
+    colors = {"direct": "#7f7f7f", "pgbouncer": "#1f77b4", "pgwarden": "#d62728"}
+    sel = [w for w in WORKLOADS if w.key.startswith("select-only") and w.key in res.runs]
+    others = [w for w in WORKLOADS if not w.key.startswith("select-only") and w.key in res.runs]
+    fig, axes = plt.subplots(2, 1, figsize=(11, 8.5), gridspec_kw={"height_ratios": [3, 2]})
+    ax = axes[0]
+    width = 0.27
+    for i, name in enumerate(PATHS):
+        xs = [j + (i - 1) * width for j in range(len(sel))]
+        ys = [res.median(w.key, name) or 0 for w in sel]
+        ax.bar(xs, ys, width, label={"pgbouncer": "PgBouncer (session)"}.get(name, name), color=colors[name])
+    ax.set_xticks(range(len(sel)))
+    ax.set_xticklabels([f"{w.args[-1]}\n-c {w.clients}" for w in sel])
+    ax.set_ylabel("TPS (median)")
+    ax.set_title("pgbench -S (select-only): TPS by protocol mode and client count")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[1]
+    allw = sel + others
+    labels = [w.key.replace("select-only-", "S ") for w in allw]
+    rb = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "pgbouncer")) or 0 for w in allw]
+    rd = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "direct")) or 0 for w in allw]
+    xs = range(len(allw))
+    ax.bar([x - 0.2 for x in xs], rd, 0.4, label="pgwarden / direct", color=colors["direct"])
+    ax.bar([x + 0.2 for x in xs], rb, 0.4, label="pgwarden / PgBouncer", color=colors["pgbouncer"])
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("ratio (same run)")
+    ax.set_title("pgwarden relative to the other paths (higher is better)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=4, help="seconds per pgbench run (default 4)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per workload and path; the median is reported")
+    ap.add_argument("--scale", type=int, default=10, help="pgbench scale (default 10: 1M accounts)")
+    ap.add_argument("--idle", type=int, default=1000, help="idle sessions to hold open (0: skip)")
+    ap.add_argument("--only", nargs="+", help="workload keys (or prefixes) to run: " +
+                    ", ".join(w.key for w in WORKLOADS))
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1, 100 idle sessions")
+    ap.add_argument("--no-pgbouncer", action="store_true")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer when missing")
+    ap.add_argument("--no-record", action="store_true", help="pgwarden without session recording")
+    ap.add_argument("--json", type=Path, help="write all runs and metadata here")
+    ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
+    ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat = 2, 1
+        args.idle = min(args.idle, 100)
+    res = run(args)
+    text = table(res)
+    print(text)
+    print()
+    print(meta_text(res))
+    for key, cmd in res.meta.get("commands", {}).items():
+        print(f"  {key}: {cmd}")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(res), indent=1))
+    if args.markdown:
+        args.markdown.write_text(f"{meta_text(res)}\n\n{text}\n")
+    if args.chart:
+        chart(res, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
