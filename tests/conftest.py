@@ -1,7 +1,7 @@
 """Shared fixtures: one real PostgreSQL for the whole test run.
 
-``pg``          the server: an ``EmbeddedPostgres`` from the local binaries, or -- only when
-                ``PGWARDEN_TEST_DOCKER=1`` and a Docker engine answers -- a testcontainers
+``pg``          the server: an ``EmbeddedPostgres`` from the local binaries, or -- when a Docker
+                engine answers and ``PGWARDEN_TEST_DOCKER`` is not ``0`` -- a testcontainers
                 ``PostgresContainer`` behind ``ContainerPostgres`` (same attributes).
 ``scope_roles`` ``{"read": (role, password), "write": ..., "ddl": ...}`` created in database
                 ``appdb`` by ``proxy.embedded.create_scope_roles``.
@@ -41,7 +41,11 @@ def docker_engine_answers(timeout: float = 5.0) -> bool:
 
 
 def use_docker() -> bool:
-    return os.environ.get("PGWARDEN_TEST_DOCKER") == "1" and docker_engine_answers()
+    """testcontainers when a Docker engine answers (issue 2); ``PGWARDEN_TEST_DOCKER=0`` forces the
+    local binaries (tests that need ``set_hba`` or the unix socket skip under Docker)."""
+    if os.environ.get("PGWARDEN_TEST_DOCKER", "auto").strip().lower() in ("0", "no", "false", "off"):
+        return False
+    return docker_engine_answers()
 
 
 class ContainerPostgres:
