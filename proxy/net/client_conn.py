@@ -314,7 +314,7 @@ class ClientConn(asyncio.Protocol):
             settings["default_transaction_read_only"] = "on"
         self.claims, self.scope = claims, scope
         self.set_deadline(claims.exp, f"grant {claims.jti} expired at {tokens.format_ts(claims.exp)}")
-        self.log = self.log.bind(grant=claims.jti, scope=claims.scope)
+        self.log = self.log.bind(session=self.session_id, grant=claims.jti, scope=claims.scope)
         self.phase = CONNECTING
         self.connect_task = self.loop.create_task(self._connect_upstream(updb, settings, app))
 

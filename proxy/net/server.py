@@ -152,9 +152,21 @@ def run(config: Config, workers: int | None = None) -> int:
     count = workers or config.workers
     if count > 1:
         from .workers import run_workers
-        return run_workers(config, count, lambda i, peers: _run_loop(serve(config, peers=peers)))
+        return run_workers(config, count, lambda i, peers: _run_loop(serve(_for_worker(config, i), peers=peers)))
     _run_loop(serve(config))
     return 0
+
+
+def _for_worker(config: Config, index: int) -> Config:
+    """Worker `index`'s config: its metrics endpoint on port + index (one registry per process,
+    so each worker serves its own counts; scrape them all, or sum them in Prometheus)."""
+    if config.metrics_listen is None:
+        return config
+    host, _, port = config.metrics_listen.rpartition(":")
+    if int(port) == 0:
+        return config
+    from dataclasses import replace
+    return replace(config, metrics_listen=f"{host}:{int(port) + index}")
 
 
 def _run_loop(coro) -> None:

@@ -113,3 +113,24 @@ def test_revocation_reaches_every_worker(start_proxy):
                 assert time.monotonic() - t0 < 3, "a worker kept a revoked grant's session"
                 time.sleep(0.05)
         c.close()
+
+
+def test_each_worker_serves_its_own_metrics_port(start_proxy):
+    import urllib.request
+
+    from .conftest import free_port
+
+    base = free_port()
+    p = start_proxy(server={"workers": 2, "metrics_listen": f"127.0.0.1:{base}"})
+    deadline = time.monotonic() + 10
+    bodies = {}
+    while len(bodies) < 2:
+        for port in (base, base + 1):
+            try:
+                bodies[port] = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            except OSError:
+                pass
+        assert time.monotonic() < deadline, f"metrics endpoints answering: {sorted(bodies)}"
+        time.sleep(0.1)
+    assert all(b"pgwarden_sessions_active" in b for b in bodies.values())
+    assert p.alive()
