@@ -17,6 +17,15 @@ look at headers, forward ranges). It tracks what pgwarden needs:
 
 Only an ErrorResponse being held is ever copied; a watched message split
 across chunks is forwarded at once and its body collected on the side.
+
+Speed: a 10,000-row result is 10,000 DataRow headers, and walking them one
+Python iteration each cost more than the rest of the relay.  The walk over
+messages that need nothing (every type but ReadyForQuery, and ErrorResponse
+/ WATCHED when a hook is set; CopyData only counted) is ``skip_messages``:
+the compiled ``proxy.wire._scan.skip`` when the optional C extension was
+built (``pip install -e .`` builds it when a C compiler is present), else
+``skip_messages_py``, the reference.  ``SCANNER_IMPL`` says which ("c" or
+"python"); both are run by the same tests.
 """
 
 from __future__ import annotations
@@ -33,6 +42,53 @@ _HDR = struct.Struct("!Bi")
 MAX_ERROR_SIZE = 1 << 20
 WATCHED = frozenset((PqMsg_CommandComplete, PqMsg_EmptyQueryResponse, PqMsg_PortalSuspended, PqMsg_ErrorResponse,
                      PqMsg_CopyInResponse, PqMsg_CopyOutResponse, PqMsg_CopyBothResponse, PqMsg_ReadyForQuery))
+
+
+def skip_messages_py(data, pos: int, stop: bytes, count_copy: bool) -> tuple[int, int]:
+    """Step over whole messages from ``pos`` while none needs attention: the reference walk.
+
+    Stops at the first message whose type has a non-zero byte in ``stop`` (256
+    bytes), whose length is below 4, or that does not end inside ``data``, or
+    where fewer than 5 bytes are left.  Returns ``(offset reached, CopyData
+    payload bytes stepped over)``, the latter only when ``count_copy``.
+    """
+    n = len(data)
+    copy = 0
+    unpack = _HDR.unpack_from
+    while n - pos >= 5:
+        mtype, length = unpack(data, pos)
+        if stop[mtype] or length < 4:
+            break
+        end = pos + 1 + length
+        if end > n:
+            break
+        if count_copy and mtype == PqMsg_CopyData:
+            copy += length - 4
+        pos = end
+    return pos, copy
+
+
+def _stop_table(types) -> bytes:
+    table = bytearray(256)
+    for t in types:
+        table[t] = 1
+    return bytes(table)
+
+
+# index: (on_error set) | (on_message set) << 1
+_STOP = (_stop_table({PqMsg_ReadyForQuery}),
+         _stop_table({PqMsg_ReadyForQuery, PqMsg_ErrorResponse}),
+         _stop_table(WATCHED),
+         _stop_table(WATCHED | {PqMsg_ErrorResponse}))
+
+try:
+    from ._scan import skip as skip_messages_c
+except ImportError:        # built without a C compiler: the reference walk
+    skip_messages_c = None
+
+#: The walk ``ServerStream.feed`` uses (looked up on every call, so tests can swap it).
+skip_messages = skip_messages_c or skip_messages_py
+SCANNER_IMPL = "c" if skip_messages_c is not None else "python"
 
 
 class ServerStream:
@@ -61,6 +117,9 @@ class ServerStream:
         out = None                      # stays None while the chunk goes out untouched
         start = 0                       # first byte not yet copied into out
         on_message = self.on_message
+        stop = _STOP[(self.on_error is not None) | ((on_message is not None) << 1)]
+        count_copy = on_message is not None
+        skip = skip_messages
         if self.remaining:
             take = min(self.remaining, n)
             if self.held is not None:
@@ -82,6 +141,11 @@ class ServerStream:
                 body, self.side = bytes(self.side), None
                 on_message(self.cur_type, body)
         while pos < n:
+            pos, copied = skip(data, pos, stop, count_copy)
+            if copied:
+                self.copy_bytes += copied
+            if pos >= n:
+                break
             if n - pos < 5:
                 self.header = bytes(data[pos:])
                 if out is None:

@@ -3,15 +3,32 @@
 What users rely on: every byte the server sends reaches the client unchanged
 (except an ErrorResponse pgwarden rewrites), whatever the TCP chunking, and
 the transaction status pgwarden tracks is the last ReadyForQuery's.
+
+Every test runs once per header walk: the pure-Python reference
+(``skip_messages_py``) and the compiled one (``proxy.wire._scan``) when it
+was built.
 """
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.wire import encode
+from proxy.wire import encode, server_stream
 from proxy.wire.errors import ServerProtocolError
-from proxy.wire.server_stream import ServerStream
+from proxy.wire.server_stream import ServerStream, skip_messages_c, skip_messages_py
+
+WALKS = [pytest.param(skip_messages_py, id="python")]
+if skip_messages_c is not None:
+    WALKS.append(pytest.param(skip_messages_c, id="c"))
+
+
+@pytest.fixture(autouse=True, scope="module", params=WALKS)
+def walk(request):
+    """Run the module's tests with each header walk (module scope: hypothesis-friendly)."""
+    saved = server_stream.skip_messages
+    server_stream.skip_messages = request.param
+    yield request.param
+    server_stream.skip_messages = saved
 
 MARK = "pgwarden_mark"
 DENIAL = encode.error_response("42501", "denied")
@@ -95,3 +112,60 @@ def test_no_message_hook_no_copy_count():
     s = ServerStream(None)
     s.feed(encode.message(b"d", b"abc") + encode.message(b"C", b"COPY 1\x00"))
     assert s.copy_bytes == 0
+
+
+# --------------------------------------------------------------------------- the walk itself
+
+
+def test_walk_stops_where_python_must_look(walk):
+    stop = server_stream._STOP[0]                       # ReadyForQuery only
+    rows = encode.message(b"D", b"x" * 10) * 3
+    ready = encode.ready_for_query(b"I")
+    data = rows + ready + rows
+    assert walk(data, 0, stop, False) == (len(rows), 0)
+    assert walk(data, len(rows) + len(ready), stop, False) == (len(data), 0)
+    assert walk(data[:-3], 0, stop, False) == (len(rows), 0)
+    cut = len(rows) + len(ready) + 2 * 15 + 2           # a header split in the last row
+    assert walk(data[:cut], len(rows) + len(ready), stop, False) == (cut - 2, 0)
+    assert walk(b"D\x00\x00\x00\x02rest", 0, stop, False) == (0, 0)   # invalid length: Python raises
+    copies = encode.message(b"d", b"abc") + encode.message(b"d", b"") + encode.message(b"d", b"z" * 100)
+    assert walk(copies, 0, stop, True) == (len(copies), 103)
+    assert walk(copies, 0, stop, False) == (len(copies), 0)
+    assert walk(bytearray(rows), 0, stop, False) == (len(rows), 0)
+    assert walk(memoryview(rows), 0, stop, False) == (len(rows), 0)
+
+
+@pytest.mark.skipif(skip_messages_c is None, reason="the C extension was not built")
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, 410), st.binary(min_size=256, max_size=256), st.booleans())
+def test_compiled_walk_equals_the_reference_on_any_bytes(data, pos, stop, count_copy):
+    pos = min(pos, len(data))
+    assert skip_messages_c(data, pos, stop, count_copy) == skip_messages_py(data, pos, stop, count_copy)
+
+
+@pytest.mark.skipif(skip_messages_c is None, reason="the C extension was not built")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(watched_message, max_size=60), st.integers(0, 3), st.booleans())
+def test_compiled_walk_equals_the_reference_on_streams(msgs, which, count_copy):
+    data = b"".join(msgs)
+    stop = server_stream._STOP[which]
+    pos = 0
+    while pos < len(data):
+        got = skip_messages_c(data, pos, stop, count_copy)
+        assert got == skip_messages_py(data, pos, stop, count_copy)
+        pos = got[0] + 1 if got[0] == pos else got[0]
+
+
+def test_compiled_walk_rejects_bad_arguments():
+    if skip_messages_c is None:
+        pytest.skip("the C extension was not built")
+    with pytest.raises(ValueError):
+        skip_messages_c(b"", 0, b"short", False)
+    with pytest.raises(ValueError):
+        skip_messages_c(b"", -1, bytes(256), False)
+    with pytest.raises(TypeError):
+        skip_messages_c(b"", 0, bytes(256))
+
+
+def test_scanner_impl_is_reported():
+    assert server_stream.SCANNER_IMPL == ("c" if skip_messages_c is not None else "python")
