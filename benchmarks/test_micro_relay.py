@@ -1,0 +1,85 @@
+"""Micro-benchmarks of the relay's codec (pytest-benchmark).
+
+    python -m pytest benchmarks/test_micro_relay.py --benchmark-only
+
+Not collected by ``./dev test``; not run by CI.
+
+- client->server framing: ``FrameScanner`` over what pgbench -M prepared sends
+  per transaction (Bind, Execute, Sync) and -M simple (one Query);
+- server->client header walk: ``ServerStream.feed`` over a 256 KiB chunk of
+  DataRows (a large result), with the compiled walk and the pure-Python
+  reference, and over one select-only answer (the per-transaction cost);
+- decoding what policy needs: a Query's text, a Parse.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from proxy.wire import encode, server_stream
+from proxy.wire.decode import decode_parse, decode_query
+from proxy.wire.framing import NEED_DATA, FrameScanner
+from proxy.wire.server_stream import ServerStream, skip_messages_c, skip_messages_py
+
+WALKS = [pytest.param(skip_messages_py, id="python")]
+if skip_messages_c is not None:
+    WALKS.append(pytest.param(skip_messages_c, id="c"))
+
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!i", len(body) + 4) + body
+
+
+BIND = _msg(b"B", b"\x00P0_1\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x01\x00\x01")
+EXECUTE = _msg(b"E", b"\x00\x00\x00\x00\x00")
+SYNC = _msg(b"S", b"")
+PREPARED_TX = BIND + EXECUTE + SYNC
+QUERY = _msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;\x00")
+PARSE = _msg(b"P", b"P0_1\x00SELECT abalance FROM pgbench_accounts WHERE aid = $1;\x00\x00\x01\x00\x00\x00\x17")
+
+ROW = encode.message(b"D", b"\x00\x04" + b"\x00\x00\x00\x0512345" * 3 + b"\x00\x00\x00\x54" + b"x" * 84)
+BIG_CHUNK = ROW * (262144 // len(ROW))
+SELECT_ANSWER = (encode.message(b"T", b"\x00\x01abalance\x00\x00\x00\x40\x00\x00\x03\x00\x00\x00\x17\x00\x04"
+                                b"\xff\xff\xff\xff\x00\x00")
+                 + encode.message(b"D", b"\x00\x01\x00\x00\x00\x041234")
+                 + encode.message(b"C", b"SELECT 1\x00") + encode.ready_for_query(b"I"))
+
+
+@pytest.mark.parametrize("data", [PREPARED_TX, QUERY], ids=["bind-execute-sync", "query"])
+def test_frame_client_messages(benchmark, data):
+    scanner = FrameScanner()
+
+    def one():
+        scanner.feed(data)
+        while scanner.next_frame() is not NEED_DATA:
+            pass
+        scanner.compact()
+
+    benchmark(one)
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("hooks", [False, True], ids=["relay", "recording"])
+def test_server_stream_large_result_chunk(benchmark, walk, hooks, monkeypatch):
+    monkeypatch.setattr(server_stream, "skip_messages", walk)
+    stream = ServerStream(lambda body: None, (lambda t, b: None) if hooks else None)
+    out = benchmark(stream.feed, BIG_CHUNK)
+    assert out is BIG_CHUNK
+    benchmark.extra_info["MB/s"] = round(len(BIG_CHUNK) / benchmark.stats.stats.median / 1e6)
+
+
+@pytest.mark.parametrize("walk", WALKS)
+def test_server_stream_select_answer(benchmark, walk, monkeypatch):
+    monkeypatch.setattr(server_stream, "skip_messages", walk)
+    stream = ServerStream(lambda body: None)
+    assert benchmark(stream.feed, SELECT_ANSWER) is SELECT_ANSWER
+
+
+def test_decode_query(benchmark):
+    assert benchmark(decode_query, QUERY, 5, len(QUERY)).startswith("SELECT")
+
+
+def test_decode_parse(benchmark):
+    assert benchmark(decode_parse, PARSE, 5, len(PARSE)).name == "P0_1"
