@@ -11,7 +11,9 @@
   ``proxy.keys``), TLS offered (loopback clients may skip it), upstream
   plaintext TCP;
 - PgBouncer (Debian package ``pgbouncer``) in session mode, SCRAM auth for
-  clients, TLS offered, upstream plaintext TCP.
+  clients, TLS offered, upstream plaintext TCP;
+- optionally (``norec``) a second pgwarden with recording off, to show what
+  the recording costs on its own.
 
 ``targets(tls=...)`` gives libpq environments (``PGHOST``, ``PGPORT`` ...)
 for ``direct``, ``pgwarden`` and ``pgbouncer``, so every client (pgbench,
@@ -145,12 +147,14 @@ class BenchEnv:
     pgbouncer: bool = True
     install: bool = True
     workers: int = 1
+    norec: bool = False
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
 
     def __post_init__(self) -> None:
         self.pg: EmbeddedPostgres | None = None
         self.procs: list[Proc] = []
         self.pgwarden: Proc | None = None
+        self.pgwarden_norec: Proc | None = None
         self.bouncer: Proc | None = None
         self.role = self.password = ""
         self.token = ""
@@ -188,7 +192,16 @@ class BenchEnv:
         env = dict(os.environ, PGPASSWORD=self.pg.superuser_password, PGSSLMODE="disable")
         subprocess.run([pgbench_path(), "-i", "-q", "-s", str(self.scale), "-h", "127.0.0.1", "-p",
                         str(self.pg.port), "-U", "postgres", DB], env=env, check=True, capture_output=True)
-        self._start_pgwarden(roles)
+        kp = generate_keypair(self.work / "keys", "bench")
+        self.private_key = load_private_key(kp.private_path)
+        self.kid = kp.kid
+        self.token = self.mint()
+        self.recording = self.record and recording_supported()
+        if self.record and not self.recording:
+            log("this pgwarden has no [audit] recording: measuring with policy on, recording off")
+        self.pgwarden = self._start_pgwarden(roles, kp, "pgwarden", self.recording)
+        if self.norec and self.recording:
+            self.pgwarden_norec = self._start_pgwarden(roles, kp, "pgwarden-norec", False)
         if self.pgbouncer:
             exe = ensure_pgbouncer(self.install)
             if exe:
@@ -226,34 +239,25 @@ class BenchEnv:
                 shutil.chown(path, "postgres", "postgres")
         return cert, key
 
-    def _start_pgwarden(self, roles) -> None:
-        kp = generate_keypair(self.work / "keys", "bench")
+    def _start_pgwarden(self, roles, kp, name: str, record: bool) -> Proc:
         port = free_port()
-        wdir = self.work / "pgwarden"
+        wdir = self.work / name
         wdir.mkdir()
-        kwargs = {}
-        self.recording = self.record and recording_supported()
-        if self.recording:
-            kwargs["record"] = True
-        elif self.record:
-            log("this pgwarden has no [audit] recording: measuring with policy on, recording off")
+        kwargs = {"record": True} if record else {}
         server = {"workers": self.workers} if self.workers > 1 else None
         cfg = write_config(wdir, pg_host="127.0.0.1", pg_port=self.pg.port, scope_roles=roles, listen_port=port,
                            kid=kp.kid, private_path=kp.private_path, public_path=kp.public_path,
                            cert=self.cert, key=self.key, extra_server=server, **kwargs)
         text = cfg.read_text().replace('sslmode = "prefer"', 'sslmode = "disable"')
         cfg.write_text(text)
-        self.config_path = cfg
         log_path = wdir / "pgwarden.log"
         popen = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--log-level",
                                   "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
                                  stderr=open(log_path, "wb"), cwd=str(ROOT))
-        self.pgwarden = Proc("pgwarden", popen, popen.pid, port, log_path)
-        self.procs.append(self.pgwarden)
-        wait_port(port, proc=popen, what="pgwarden")
-        self.private_key = load_private_key(kp.private_path)
-        self.kid = kp.kid
-        self.token = self.mint()
+        proc = Proc(name, popen, popen.pid, port, log_path)
+        self.procs.append(proc)
+        wait_port(port, proc=popen, what=name)
+        return proc
 
     def mint(self, ttl: float = 24 * 3600) -> str:
         return mint(self.private_key, kid=self.kid, sub=USER, db=DB, scope=SCOPE, audience="pgwarden",
@@ -319,6 +323,9 @@ pidfile = {d}/pgbouncer.pid
             out["pgbouncer"] = dict(base, PGPORT=str(self.bouncer.port), PGUSER=self.role,
                                     PGPASSWORD=self.password)
         out["pgwarden"] = dict(base, PGPORT=str(self.pgwarden.port), PGUSER=USER, PGPASSWORD=self.token)
+        if self.pgwarden_norec is not None:
+            out["pgwarden-norec"] = dict(base, PGPORT=str(self.pgwarden_norec.port), PGUSER=USER,
+                                         PGPASSWORD=self.token)
         return out
 
     def versions(self) -> dict[str, str]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from benchmarks.env import DB, BenchEnv, log, pgbench_path, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
+NOREC = "pgwarden-norec"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Workload:
     tls: bool = False
     script: bool = False            # the 10,000-row custom script
     target: tuple[str, float] | None = None   # ("pgbouncer" | "direct", minimum pgwarden/that ratio)
+    norec: bool = False             # also measure pgwarden with recording off (--norec)
 
     def pgbench_args(self, duration: int, script_path: Path | None) -> list[str]:
         args = ["-n", *self.args, "-c", str(self.clients), "-j", str(min(self.clients, 2)), "-T", str(duration)]
@@ -62,11 +64,11 @@ def _workloads() -> list[Workload]:
     for mode in ("prepared", "extended", "simple"):
         for c in (1, 8, 32):
             out.append(Workload(f"select-only-{mode}-c{c}", f"select-only -M {mode}", ("-S", "-M", mode), c,
-                                target=("pgbouncer", 0.9 if c == 8 else 0.8)))
+                                target=("pgbouncer", 0.9 if c == 8 else 0.8), norec=c == 8))
     out.append(Workload("tpcb-c8", "TPC-B (default script, -M simple)", ("-M", "simple"), 8,
-                        target=("pgbouncer", 0.9)))
+                        target=("pgbouncer", 0.9), norec=True))
     out.append(Workload("rows10k-c4", "10,000-row result (-M prepared)", ("-M", "prepared"), 4, script=True,
-                        target=("pgbouncer", 1.2)))
+                        target=("pgbouncer", 1.2), norec=True))
     out.append(Workload("churn-c8", "connection churn -C (-S, no TLS)", ("-S", "-C", "-M", "simple"), 8,
                         target=("direct", 0.7)))
     out.append(Workload("churn-tls-c8", "connection churn -C (-S, TLS on every path)", ("-S", "-C", "-M", "simple"),
@@ -199,12 +201,13 @@ def run(args) -> Results:
     res = Results()
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
     per_run = args.duration + 1.5
-    estimate = len(selected) * args.repeat * 3 * per_run + (40 if args.idle else 0) + 60
+    extra = sum(w.norec for w in selected) if args.norec else 0
+    estimate = (len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
     log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
         f"about {estimate / 60:.0f} min after setup")
     t_start = time.monotonic()
     with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
-                  pgbouncer=not args.no_pgbouncer, install=not args.no_install) as env:
+                  pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec) as env:
         res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
                     "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "pgwarden": {"scope": "write", "policy": "on", "recording": env.recording, "tls": "offered",
@@ -221,6 +224,8 @@ def run(args) -> Results:
             res.idle = idle_sessions(env, args.idle)
         for w in selected:
             targets = env.targets(tls=w.tls)
+            if not w.norec:
+                targets.pop(NOREC, None)
             pg_args = w.pgbench_args(args.duration, script)
             res.meta["commands"][w.key] = "pgbench " + " ".join(
                 a if a != str(script) else "rows10k.sql" for a in pg_args)
@@ -277,6 +282,20 @@ def table(res: Results) -> str:
     return "\n".join(rows)
 
 
+def norec_table(res: Results) -> str:
+    """pgwarden with and without recording, where both were measured."""
+    rows = ["| workload | -c | PgBouncer | pgwarden, recording on | pgwarden, recording off | on/PgBouncer | "
+            "off/PgBouncer |", "|---|---|---|---|---|---|---|"]
+    for w in WORKLOADS:
+        off = res.median(w.key, NOREC)
+        if off is None:
+            continue
+        b, p = res.median(w.key, "pgbouncer"), res.median(w.key, "pgwarden")
+        rows.append(f"| {w.label} | {w.clients} | {_fmt(b)} | {_fmt(p)} | {_fmt(off)} | {_fmt(_ratio(p, b), '.2f')} | "
+                    f"{_fmt(_ratio(off, b), '.2f')} |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def meta_text(res: Results) -> str:
     v = res.meta.get("versions", {})
     lines = [f"- {k}: {val}" for k, val in v.items()]
@@ -314,9 +333,14 @@ def chart(res: Results, path: Path) -> bool:
     labels = [w.key.replace("select-only-", "S ") for w in allw]
     rb = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "pgbouncer")) or 0 for w in allw]
     rd = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "direct")) or 0 for w in allw]
+    rn = [_ratio(res.median(w.key, NOREC), res.median(w.key, "pgbouncer")) or 0 for w in allw]
     xs = range(len(allw))
-    ax.bar([x - 0.2 for x in xs], rd, 0.4, label="pgwarden / direct", color=colors["direct"])
-    ax.bar([x + 0.2 for x in xs], rb, 0.4, label="pgwarden / PgBouncer", color=colors["pgbouncer"])
+    bw = 0.27 if any(rn) else 0.4
+    ax.bar([x - bw / (1 if any(rn) else 2) for x in xs], rd, bw, label="pgwarden / direct", color=colors["direct"])
+    ax.bar([x + (0 if any(rn) else bw / 2) for x in xs], rb, bw, label="pgwarden / PgBouncer",
+           color=colors["pgbouncer"])
+    if any(rn):
+        ax.bar([x + bw for x in xs], rn, bw, label="pgwarden, recording off / PgBouncer", color="#ff9896")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
@@ -342,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer when missing")
     ap.add_argument("--no-record", action="store_true", help="pgwarden without session recording")
+    ap.add_argument("--norec", action="store_true",
+                    help="also run a pgwarden with recording off on the -c 8 workloads (what recording costs)")
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")
@@ -351,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         args.idle = min(args.idle, 100)
     res = run(args)
     text = table(res)
+    extra = norec_table(res)
+    if extra:
+        text += "\n\n" + extra
     print(text)
     print()
     print(meta_text(res))
