@@ -427,3 +427,37 @@ def test_psql_backslash_commands_under_read(proxy, world, cmd):
     assert proc.returncode == 0 and "pgwarden" not in proc.stderr, f"{cmd}\n{proc.stdout}\n{proc.stderr}"
     if "{t}" in cmd or world in cmd:
         assert world in proc.stdout, proc.stdout
+
+
+# =========================================================================== Describe, Flush, Close
+
+
+def test_describe_flush_close_relayed_and_denial_answered_on_flush(proxy, admin, world):
+    """Describe and Flush pass through; a denied Parse is answered at Flush (no Sync needed),
+    as the server answers its own errors, and the batch then skips to Sync."""
+    from tests.integration.test_scopes import bind_msg, execute_msg, parse_msg, SYNC
+
+    t = world
+    flush = _msg(b"H")
+    with raw_session(proxy, "read") as s:
+        s.sendall(parse_msg(f"SELECT id, v FROM {t} WHERE id = $1", name="sd") + _msg(b"D", b"Ssd\0") + flush)
+        got = [read_msg(s) for _ in range(3)]
+        assert [m[0] for m in got] == [b"1", b"t", b"T"], got          # ParseComplete, ParameterDescription, RowDescription
+        s.sendall(_msg(b"B", b"\0sd\0" + struct.pack("!hh", 0, 1) + struct.pack("!i", 1) + b"1" + struct.pack("!h", 0))
+                  + _msg(b"D", b"P\0") + execute_msg() + flush)
+        got = [read_msg(s) for _ in range(4)]
+        assert [m[0] for m in got] == [b"2", b"T", b"D", b"C"], got
+        s.sendall(_msg(b"C", b"Ssd\0") + SYNC)
+        got = read_until_ready(s)
+        assert types(got) == ["3", "Z"], got
+        # a denied Parse, then Flush: the denial comes without waiting for Sync
+        s.sendall(parse_msg(f"DELETE FROM {t}", name="del") + flush)
+        m = read_msg(s)
+        assert m[0] == b"E", m
+        assert_denial(fields(m[1]), cls="write", scope="read", rule="write.delete")
+        # the rest of the batch is skipped until Sync, as after a server error
+        s.sendall(bind_msg("del") + execute_msg() + SYNC)
+        got = read_until_ready(s)
+        assert types(got) == ["Z"] and tx_status(got) == "I", got
+        assert types(simple(s, "SELECT 1")) == ["T", "D", "C", "Z"]
+    assert admin(f"select count(*) from {t}") == [(2,)]
