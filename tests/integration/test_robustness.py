@@ -706,6 +706,16 @@ def test_upstream_tls_require(tls_pg, start_proxy):
     assert '"upstream_tls":"TLSv1.' in p.log(), p.log()[-2000:]
 
 
+def test_upstream_sslmode_disable_stays_plaintext(tls_pg, start_proxy):
+    """disable: no SSLRequest at all, even to a server that offers TLS."""
+    server, _ = tls_pg
+    p = start_proxy(upstream={"host": "127.0.0.1", "port": server.port, "sslmode": "disable"})
+    with psycopg.connect(p.dsn("read", sslmode="require"), connect_timeout=10) as conn:
+        assert conn.pgconn.ssl_in_use                     # the client leg is TLS ...
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (False,)
+    assert '"upstream_tls":null' in p.log(), p.log()[-2000:]
+
+
 def test_upstream_tls_prefer_uses_tls(tls_pg, start_proxy):
     server, _ = tls_pg
     p = start_proxy(upstream={"host": "127.0.0.1", "port": server.port})
