@@ -17,7 +17,8 @@ and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
 default); a 10,000-row result per query at -c 4 (-M prepared, reported as
 MB/s too); connection churn (-C: a new connection per transaction, -S -c 8)
 without and with TLS; 1,000 idle sessions held open (proxy memory per
-session).  Not run by CI.
+session); then the deadline-to-cut lag over 200 sessions
+(benchmarks/expiry_lag.py, its own server).  Not run by CI.
 """
 
 from __future__ import annotations
@@ -182,6 +183,27 @@ def idle_sessions(env: BenchEnv, n: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- deadline-to-cut lag
+
+
+def expiry_lag(sessions: int = 200, spread: float = 4) -> dict:
+    """Run benchmarks/expiry_lag.py (its own PostgreSQL and pgwarden) and parse its percentiles."""
+    script = Path(__file__).resolve().parent / "expiry_lag.py"
+    out = subprocess.run([sys.executable, str(script), "--sessions", str(sessions), "--spread", str(spread)],
+                         capture_output=True, text=True, timeout=600)
+    result: dict = {"sessions": sessions, "spread_s": spread}
+    m = re.search(r"proxy lag \(deadline -> cut\), ms: p50 ([\d.]+)\s+p95 ([\d.]+)\s+p99 ([\d.]+)\s+max ([\d.]+)",
+                  out.stdout)
+    if m:
+        result.update(p50_ms=float(m.group(1)), p95_ms=float(m.group(2)), p99_ms=float(m.group(3)),
+                      max_ms=float(m.group(4)))
+        log(f"deadline-to-cut lag over {sessions} sessions: p99 {m.group(3)} ms")
+    else:
+        result["error"] = (out.stdout + out.stderr)[-1500:]
+        log("expiry_lag.py gave no percentiles")
+    return result
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -191,6 +213,7 @@ class Results:
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     idle: dict = field(default_factory=dict)
     rows_bytes: int = 0
+    expiry: dict = field(default_factory=dict)
 
     def median(self, key: str, path: str) -> float | None:
         vals = self.runs.get(key, {}).get(path)
@@ -202,7 +225,8 @@ def run(args) -> Results:
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
     per_run = args.duration + 1.5
     extra = sum(w.norec for w in selected) if args.norec else 0
-    estimate = (len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
+    estimate = ((len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
+                + (40 if args.expiry else 0))
     log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
         f"about {estimate / 60:.0f} min after setup")
     t_start = time.monotonic()
@@ -234,7 +258,9 @@ def run(args) -> Results:
                     tps = run_pgbench(tenv, pg_args, timeout=args.duration * 4 + 120)
                     res.runs.setdefault(w.key, {}).setdefault(name, []).append(tps)
                     log(f"{w.key:26} #{rep + 1} {name:9} {tps:10.1f} tps")
-        res.meta["elapsed_s"] = round(time.monotonic() - t_start)
+    if args.expiry:
+        res.expiry = expiry_lag()
+    res.meta["elapsed_s"] = round(time.monotonic() - t_start)
     return res
 
 
@@ -279,6 +305,11 @@ def table(res: Results) -> str:
                 met = ("yes" if i["kb_per_session"] < IDLE_TARGET_KB else "**no**") if name == "pgwarden" else ""
                 rows.append(f"| {res.idle['sessions']} idle sessions: {name} RSS per session | | | | "
                             f"{i['kb_per_session']:.1f} KiB | | | {goal} | {met} |")
+    if res.expiry.get("p99_ms") is not None:
+        e = res.expiry
+        rows.append(f"| deadline-to-cut lag, {e['sessions']} sessions: p99 (p50 / max) | | | | "
+                    f"{e['p99_ms']:.1f} ms ({e['p50_ms']:.1f} / {e['max_ms']:.1f}) | | | < 100 ms | "
+                    f"{'yes' if e['p99_ms'] < 100 else '**no**'} |")
     return "\n".join(rows)
 
 
@@ -362,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=1000, help="idle sessions to hold open (0: skip)")
     ap.add_argument("--only", nargs="+", help="workload keys (or prefixes) to run: " +
                     ", ".join(w.key for w in WORKLOADS))
+    ap.add_argument("--no-expiry", dest="expiry", action="store_false",
+                    help="skip the deadline-to-cut lag run (benchmarks/expiry_lag.py)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1, 100 idle sessions")
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer when missing")
