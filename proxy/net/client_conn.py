@@ -26,6 +26,7 @@ import ipaddress
 import secrets
 import socket
 import ssl
+import struct
 import time
 
 import structlog
@@ -715,7 +716,14 @@ class ClientConn(asyncio.Protocol):
                 self._close()
                 return
             # Mid-message (a FATAL now would corrupt the stream) or a client that is not
-            # reading: drop the connection rather than wait.
+            # reading: drop the connection rather than wait, with a reset (SO_LINGER 0) so
+            # the kernel does not keep delivering what was queued for the ended session.
+            sock = client.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             self._abort()
             return
         self._teardown()

@@ -171,3 +171,43 @@ def test_sigterm_drains_then_cuts(start_proxy):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 ok, 0 failed, 0 unterminated" in out.stderr
     assert "shutdown" in out.stdout
+
+
+def test_client_that_is_not_reading_does_not_delay_the_cut(proxy, admin):
+    """A client that asked for a huge result and stopped reading (its socket buffers full, the
+    proxy's write buffer full, the server blocked on send) is cut at the deadline all the same:
+    the upstream backend is gone within a second of it."""
+    import socket
+
+    from proxy.wire import encode
+
+    jti = uuid.uuid4().hex
+    now = time.time()
+    token = proxy.token("read", ttl=TTL, now=now, jti=jti)
+    deadline = now + TTL
+    s = socket.create_connection((proxy.host, proxy.port), timeout=10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        s.sendall(encode.startup_message({"user": "alice", "database": "appdb"}))
+        assert s.recv(9)[:1] == b"R"                              # cleartext password request
+        s.sendall(encode.password_message(token.encode() + b"\0"))
+        buf = b""
+        while not buf.endswith(encode.ready_for_query(b"I")):
+            buf += s.recv(65536)
+        s.sendall(encode.query("select repeat('x', 1000) from generate_series(1, 5000000)"))
+        time.sleep(1.0)                                           # buffers fill; nobody reads
+        assert _backend_alive(admin, jti)
+        assert time.time() < deadline
+        gone = _wait(lambda: not _backend_alive(admin, jti), TTL + 10)
+        assert gone is not None, "the backend outlived the deadline"
+        assert time.time() - deadline < 1.0, f"cut {time.time() - deadline:.2f}s after the deadline"
+        # the client's connection is reset: what was queued for the ended session is dropped
+        s.settimeout(10)
+        t0 = time.monotonic()
+        with pytest.raises((ConnectionResetError, EOFError)):
+            while True:
+                if not s.recv(1 << 20):
+                    raise EOFError
+        assert time.monotonic() - t0 < 5
+    finally:
+        s.close()
