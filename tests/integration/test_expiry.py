@@ -211,3 +211,15 @@ def test_client_that_is_not_reading_does_not_delay_the_cut(proxy, admin):
         assert time.monotonic() - t0 < 5
     finally:
         s.close()
+
+
+def test_copy_out_in_progress_is_cut(proxy, admin):
+    dsn, jti, deadline = _short(proxy, "read")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.OperationalError):
+            with conn.cursor().copy("COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 100000000) g) "
+                                    "TO STDOUT") as copy:
+                for _ in copy:
+                    time.sleep(0.001)
+        assert time.time() - deadline < 1.5
+    assert _wait(lambda: not _backend_alive(admin, jti), 1.0) is not None
