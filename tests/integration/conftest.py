@@ -8,6 +8,7 @@ and builds DSNs: ``proxy.dsn("write")`` (libpq URL, token as password).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -31,6 +32,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float = 10.0, interval: float = 0.05):
+    """Call ``pred`` until it returns something true or ``timeout`` seconds pass; its last result."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(interval)
+    return pred()
 
 
 class Proxy:
@@ -78,6 +90,18 @@ class Proxy:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self, event: str) -> list[dict]:
+        """The JSON log records (``--log-format json``) whose "event" is ``event``, oldest first."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") == event:
+                out.append(rec)
+        return out
 
     def token(self, scope: str = "read", *, sub: str = USER, db: str = DB, ttl: float = 600, now: float | None = None,
               audience: str | None = None, **extra) -> str:

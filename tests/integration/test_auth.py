@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import struct
 import time
 import uuid
@@ -20,40 +19,10 @@ import pytest
 
 from policy.tokens import mint
 from proxy.keys import generate_keypair, load_private_key
-
-DB = "appdb"
-USER = "alice"
+from tests.integration.conftest import DB, USER
+from tests.integration.rawpg import connect, fields, read_msg, start_login
 
 # --------------------------------------------------------------------------- raw wire helpers
-
-
-def _startup(params: dict[str, str]) -> bytes:
-    body = struct.pack("!i", 196608) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-    body += b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
-
-
-def _read_msg(sock: socket.socket) -> tuple[bytes, bytes]:
-    mtype, length = struct.unpack("!ci", _recv_exact(sock, 5))
-    return mtype, _recv_exact(sock, length - 4)
-
-
-def _fields(body: bytes) -> dict[str, str]:
-    out = {}
-    for part in body.rstrip(b"\0").split(b"\0"):
-        if part:
-            out[chr(part[0])] = part[1:].decode()
-    return out
 
 
 def raw_login(port: int, password: str | bytes, *, user: str = USER, db: str = DB,
@@ -61,17 +30,12 @@ def raw_login(port: int, password: str | bytes, *, user: str = USER, db: str = D
     """StartupMessage, expect AuthenticationCleartextPassword, send `password`, read to 'Z' or EOF.
 
     Returns (messages after the password, closed_by_server)."""
-    pw = password.encode() if isinstance(password, str) else password
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.settimeout(10)
-        s.sendall(_startup({"user": user, "database": db, **(extra or {})}))
-        mtype, body = _read_msg(s)
-        assert (mtype, body) == (b"R", struct.pack("!i", 3)), (mtype, body)
-        s.sendall(b"p" + struct.pack("!i", len(pw) + 5) + pw + b"\0")
+    with connect(port) as s:
+        start_login(s, password, user=user, db=db, extra=extra)
         msgs = []
         while True:
             try:
-                m = _read_msg(s)
+                m = read_msg(s)
             except (EOFError, ConnectionResetError):
                 return msgs, True
             msgs.append(m)
@@ -86,7 +50,7 @@ def raw_refusal(port: int, password: str | bytes, **kw) -> dict[str, str]:
     errors = [m for m in msgs if m[0] == b"E"]
     assert len(errors) == 1 and msgs[-1][0] == b"E", msgs
     assert not any(m[0] == b"R" for m in msgs), f"an authentication message followed a refusal: {msgs}"
-    f = _fields(errors[0][1])
+    f = fields(errors[0][1])
     assert f.get("S") == "FATAL" and f.get("V", "FATAL") == "FATAL", f
     return f
 

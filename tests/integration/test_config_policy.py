@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ import pytest
 from psycopg import errors as E
 
 from tests.integration.conftest import _make_proxy
+from tests.integration import rawpg
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +71,6 @@ def table(admin):
 def connect(p, scope: str, **kw):
     kw.setdefault("autocommit", True)
     return psycopg.connect(p.dsn(scope), connect_timeout=20, **kw)
-
-
-def log_events(p, event: str) -> list[dict]:
-    out = []
-    for line in p.log().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
 
 
 # =========================================================================== configurable scopes
@@ -216,57 +206,26 @@ def test_shadow_mode_logs_and_lets_through(make_proxy, admin, table, user_functi
             conn.execute(f"DELETE FROM {table}")
         assert ei.value.sqlstate == "25006", ei.value        # read_only_sql_transaction: the server said no
         assert conn.execute("select 1").fetchone() == (1,)
-    events = log_events(p, "statement_would_be_denied")
+    events = p.log_events("statement_would_be_denied")
     rules = {e["rule"] for e in events}
     assert {"function.unvouched", "write.delete"} <= rules, events
     e = next(e for e in events if e["rule"] == "write.delete")
     assert e["statement_class"] == "write" and e["scope"] == "read" and e["grant"] == jti and e["shadow"] is True
     assert "DELETE is write class" in e["reason"], e
-    assert not log_events(p, "statement_denied"), "shadow mode denied a statement"
+    assert not p.log_events("statement_denied"), "shadow mode denied a statement"
     assert admin(f"select count(*) from {table}") == [(2,)]
 
 
 def test_shadow_mode_function_call_message(make_proxy):
-    import socket
-    import struct
-
     p = make_proxy(upstream="enforce = false")
-
-    def msg(t: bytes, body: bytes = b"") -> bytes:
-        return t + struct.pack("!i", len(body) + 4) + body
-
-    def read(s):
-        hdr = b""
-        while len(hdr) < 5:
-            hdr += s.recv(5 - len(hdr))
-        t, n = struct.unpack("!ci", hdr)
-        body = b""
-        while len(body) < n - 4:
-            body += s.recv(n - 4 - len(body))
-        return t, body
-
-    with socket.create_connection((p.host, p.port), timeout=20) as s:
-        body = struct.pack("!i", 196608) + b"user\0alice\0database\0appdb\0\0"
-        s.sendall(struct.pack("!i", len(body) + 4) + body)
-        assert read(s) == (b"R", struct.pack("!i", 3))
-        s.sendall(msg(b"p", p.token("ddl").encode() + b"\0"))
-        pid = None
-        while True:
-            t, b = read(s)
-            if t == b"K":
-                pid = struct.unpack("!i", b[:4])[0]
-            if t == b"Z":
-                break
-        s.sendall(msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))      # pg_backend_pid(), text result
-        got = []
-        while True:
-            t, b = read(s)
-            got.append((t, b))
-            if t == b"Z":
-                break
+    with rawpg.connect(p.port, 20) as s:
+        msgs = rawpg.login(s, p.token("ddl"))
+        pid = next(struct.unpack("!i", b[:4])[0] for t, b in msgs if t == b"K")
+        s.sendall(rawpg.msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))      # pg_backend_pid(), text result
+        got = rawpg.read_until_ready(s)
         assert [t for t, _ in got] == [b"V", b"Z"], got
         assert got[0][1][4:].decode() == str(pid), got
-    assert any(e["rule"] == "admin.function_call" for e in log_events(p, "statement_would_be_denied"))
+    assert any(e["rule"] == "admin.function_call" for e in p.log_events("statement_would_be_denied"))
 
 
 # =========================================================================== doctor uses the configured classes

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import struct
@@ -27,12 +25,11 @@ import psycopg
 import pytest
 
 from proxy.embedded import DEFAULT_HBA
-from tests.integration.conftest import _make_proxy
+from tests.integration.conftest import USER, _make_proxy, wait_for
+from tests.integration.rawpg import connect, login, read_to_eof, startup_packet
 
 pytestmark = pytest.mark.integration
 
-DB = "appdb"
-USER = "alice"
 PSQL = shutil.which("psql")
 
 
@@ -48,28 +45,6 @@ def non_loopback_address() -> str | None:
         if addr and not addr.startswith("127.") and addr != "0.0.0.0":
             return addr
     return None
-
-
-def log_events(p, event: str) -> list[dict]:
-    out = []
-    for line in p.log().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
-
-
-def wait_for(pred, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    return pred()
 
 
 @pytest.fixture
@@ -110,7 +85,7 @@ def test_tls_required_off_loopback_by_default(proxies):
         psycopg.connect(_dsn(p, addr, "disable"), connect_timeout=10).close()
     msg = str(ei.value)
     assert "requires TLS" in msg and addr in msg and "sslmode=require" in msg, msg
-    refusals = [e for e in log_events(p, "session_start")]
+    refusals = [e for e in p.log_events("session_start")]
     assert not refusals, "a plaintext session from off loopback started"
     # the same client with TLS (SSLRequest), and with direct TLS, gets in
     with psycopg.connect(_dsn(p, addr, "require"), connect_timeout=10) as conn:
@@ -168,7 +143,7 @@ def test_direct_tls_refused_when_proxy_has_no_tls(proxies):
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(p.dsn("read", sslmode="require", sslnegotiation="direct"), connect_timeout=10).close()
     assert p.alive()
-    assert any("direct TLS" in e.get("reason", "") for e in log_events(p, "tls_refused")), p.log()[-2000:]
+    assert any("direct TLS" in e.get("reason", "") for e in p.log_events("tls_refused")), p.log()[-2000:]
 
 
 # =========================================================================== tokens of several KB
@@ -269,7 +244,7 @@ def test_upstream_unix_socket(pg, proxies, admin):
         finally:
             if hba is not None:
                 pg.set_hba(DEFAULT_HBA)
-    starts = log_events(p, "session_start")
+    starts = p.log_events("session_start")
     assert starts and all(e.get("upstream_tls") is None for e in starts), starts
 
 
@@ -287,33 +262,6 @@ def test_upstream_unix_socket_missing(proxies, tmp_path):
 # =========================================================================== malformed input: logged reason
 
 
-def _login(s, token: str) -> None:
-    body = struct.pack("!i", 196608) + b"user\0alice\0database\0appdb\0\0"
-    s.sendall(struct.pack("!i", len(body) + 4) + body)
-    assert s.recv(9) == b"R" + struct.pack("!ii", 8, 3)
-    tok = token.encode() + b"\0"
-    s.sendall(b"p" + struct.pack("!i", len(tok) + 4) + tok)
-    data = b""
-    while not data.endswith(b"Z\0\0\0\x05I"):
-        chunk = s.recv(65536)
-        assert chunk, data
-        data += chunk
-
-
-def _drain(s) -> bytes:
-    data = b""
-    s.settimeout(10)
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 @pytest.mark.parametrize("case, payload, needle", [
     ("length_below_4", b"Q" + struct.pack("!i", 3), "invalid message length 3"),
     ("length_over_1gib", b"Q" + struct.pack("!i", (1 << 30) + 1), "over the limit"),
@@ -324,12 +272,13 @@ def test_malformed_message_closes_one_connection_with_a_logged_reason(proxies, c
     p = proxies()
     other = psycopg.connect(p.dsn("read"), connect_timeout=10, autocommit=True)
     try:
-        with socket.create_connection((p.host, p.port), timeout=10) as s:
-            _login(s, p.token("read"))
+        with connect(p.port) as s:
+            login(s, p.token("read"))
             s.sendall(payload)
-            data = _drain(s)
+            data, closed = read_to_eof(s)
+        assert closed, data
         assert data[:1] == b"E" and (b"C08P01\0" in data or b"C54000\0" in data), data
-        events = wait_for(lambda: [e for e in log_events(p, "protocol_violation") if needle in e.get("reason", "")])
+        events = wait_for(lambda: [e for e in p.log_events("protocol_violation") if needle in e.get("reason", "")])
         assert events, f"no protocol_violation with {needle!r} in the log:\n{p.log()[-3000:]}"
         assert events[0]["level"] == "warning" and events[0].get("user") == USER, events[0]
         # the proxy and the other session are unaffected
@@ -341,10 +290,10 @@ def test_malformed_message_closes_one_connection_with_a_logged_reason(proxies, c
 
 def test_bad_startup_length_logged(proxies):
     p = proxies()
-    with socket.create_connection((p.host, p.port), timeout=10) as s:
+    with connect(p.port) as s:
         s.sendall(struct.pack("!i", 3) + b"\0" * 8)
-        _drain(s)
-    events = wait_for(lambda: [e for e in log_events(p, "protocol_violation")
+        assert read_to_eof(s)[1]
+    events = wait_for(lambda: [e for e in p.log_events("protocol_violation")
                                if "invalid startup packet length 3" in e.get("reason", "")])
     assert events and events[0]["phase"] == "STARTUP", p.log()[-3000:]
     assert p.alive()
@@ -352,12 +301,12 @@ def test_bad_startup_length_logged(proxies):
 
 def test_bytes_after_sslrequest_logged(proxies):
     p = proxies()
-    with socket.create_connection((p.host, p.port), timeout=10) as s:
-        body = struct.pack("!i", 196608) + b"user\0alice\0\0"
-        s.sendall(struct.pack("!ii", 8, 80877103) + struct.pack("!i", len(body) + 4) + body)
-        data = _drain(s)
+    with connect(p.port) as s:
+        s.sendall(struct.pack("!ii", 8, 80877103) + startup_packet({"user": USER}))
+        data, closed = read_to_eof(s)
+    assert closed, data
     assert not data.startswith(b"S"), data
-    events = wait_for(lambda: [e for e in log_events(p, "protocol_violation")
+    events = wait_for(lambda: [e for e in p.log_events("protocol_violation")
                                if "unencrypted data after SSL request" in e.get("reason", "")])
     assert events, p.log()[-3000:]
     assert p.alive()
@@ -365,12 +314,13 @@ def test_bytes_after_sslrequest_logged(proxies):
 
 def test_startup_that_never_completes_is_logged(proxies):
     p = proxies(server={"startup_timeout": 1})
-    with socket.create_connection((p.host, p.port), timeout=10) as s:
+    with connect(p.port) as s:
         s.sendall(struct.pack("!i", 64) + b"\0\3")            # says 64 bytes, sends 6
         t0 = time.monotonic()
-        data = _drain(s)
+        data, closed = read_to_eof(s)
+    assert closed, data
     assert time.monotonic() - t0 < 5
     assert b"startup not completed within 1 s" in data, data
-    events = wait_for(lambda: log_events(p, "startup_timeout"))
+    events = wait_for(lambda: p.log_events("startup_timeout"))
     assert events and events[0]["phase"] == "STARTUP", p.log()[-3000:]
     assert p.alive()

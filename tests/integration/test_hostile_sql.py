@@ -18,7 +18,6 @@ normal session.
 
 from __future__ import annotations
 
-import socket
 import struct
 import threading
 import time
@@ -26,131 +25,41 @@ import time
 import psycopg
 import pytest
 
+from tests.integration.conftest import DB
+from tests.integration.rawpg import (
+    SYNC,
+    bind_msg,
+    data_values,
+    error_of,
+    execute_msg,
+    fields,
+    msg,
+    parse_msg,
+    query,
+    raw_session,
+    read_to_eof,
+    read_until_ready,
+    simple_query,
+    split_msgs,
+    types,
+)
+
 pytestmark = pytest.mark.integration
 
-DB = "appdb"
-USER = "alice"
 CAP = 65536          # server.max_statement_length default
 
 # --------------------------------------------------------------------------- raw protocol helpers
 
-
-def _msg(mtype: bytes, body: bytes = b"") -> bytes:
-    return mtype + struct.pack("!i", len(body) + 4) + body
-
-
-def q_msg(sql: str | bytes) -> bytes:
-    sql = sql.encode() if isinstance(sql, str) else sql
-    return _msg(b"Q", sql + b"\0")
-
-
-def parse_msg(sql: bytes, name: bytes = b"") -> bytes:
-    return _msg(b"P", name + b"\0" + sql + b"\0" + struct.pack("!h", 0))
+SESSION_TIMEOUT = 60     # a deep statement may take a while to be classified
 
 
 def bind_execute_sync() -> bytes:
-    return (_msg(b"B", b"\0\0" + struct.pack("!hhh", 0, 0, 0)) + _msg(b"E", b"\0" + struct.pack("!i", 0))
-            + _msg(b"S"))
-
-
-def startup_packet(params: dict[str, str]) -> bytes:
-    body = struct.pack("!i", 196608)
-    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def recv_exact(sock, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
-
-
-def read_msg(sock) -> tuple[bytes, bytes]:
-    mtype, length = struct.unpack("!ci", recv_exact(sock, 5))
-    return mtype, recv_exact(sock, length - 4)
-
-
-def fields(body: bytes) -> dict[str, str]:
-    out = {}
-    for part in body.rstrip(b"\0").split(b"\0"):
-        if part:
-            out[chr(part[0])] = part[1:].decode(errors="replace")
-    return out
-
-
-def read_until_ready(sock) -> list[tuple[bytes, bytes]]:
-    msgs = []
-    while True:
-        m = read_msg(sock)
-        msgs.append(m)
-        if m[0] == b"Z":
-            return msgs
-
-
-def raw_session(proxy, scope: str = "read", timeout: float = 60) -> socket.socket:
-    s = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
-    s.settimeout(timeout)
-    s.sendall(startup_packet({"user": USER, "database": DB}))
-    mtype, body = read_msg(s)
-    assert (mtype, body) == (b"R", struct.pack("!i", 3)), (mtype, body)
-    s.sendall(_msg(b"p", proxy.token(scope).encode() + b"\0"))
-    msgs = read_until_ready(s)
-    assert msgs[0] == (b"R", struct.pack("!i", 0)), msgs
-    return s
-
-
-def simple(sock, sql: str | bytes) -> list[tuple[bytes, bytes]]:
-    sock.sendall(q_msg(sql))
-    return read_until_ready(sock)
-
-
-def read_to_eof(sock, timeout: float = 10) -> tuple[bytes, bool]:
-    sock.settimeout(timeout)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return data, True
-        except (socket.timeout, TimeoutError):
-            return data, False
-        if not chunk:
-            return data, True
-        data += chunk
-    return data, False
-
-
-def split_msgs(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 0
-    while pos + 5 <= len(data):
-        mtype, length = struct.unpack_from("!ci", data, pos)
-        out.append((mtype, data[pos + 5:pos + 1 + length]))
-        pos += 1 + length
-    return out
-
-
-def types(msgs) -> list[str]:
-    return [m[0].decode() for m in msgs]
+    return bind_msg() + execute_msg() + SYNC
 
 
 def first_value(msgs) -> str | None:
-    for t, body in msgs:
-        if t == b"D":
-            (ln,) = struct.unpack_from("!i", body, 2)
-            return None if ln < 0 else body[6:6 + ln].decode()
-    return None
-
-
-def error_of(msgs) -> dict[str, str] | None:
-    for t, body in msgs:
-        if t == b"E":
-            return fields(body)
-    return None
+    """The first column of the first DataRow among ``msgs``."""
+    return next((data_values(body)[0] for t, body in msgs if t == b"D"), None)
 
 
 def plus_chain(terms: int, minus_at: int | None = None) -> str:
@@ -208,28 +117,28 @@ def _check_deep_sum_answer(msgs, direct, terms: int, minus_at: int | None) -> st
 def test_deep_sum_30000_terms_simple_query(proxy, direct_deep_sum):
     sql = plus_chain(30_000)
     assert 59_000 < len(sql) < CAP
-    with raw_session(proxy) as s:
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
         t0 = time.monotonic()
-        msgs = simple(s, sql)
+        msgs = simple_query(s, sql)
         elapsed = time.monotonic() - t0
         outcome = _check_deep_sum_answer(msgs, direct_deep_sum, 30_000, None)
         assert elapsed < 60, elapsed
         # the session goes on
-        assert first_value(simple(s, "select 2")) == "2"
+        assert first_value(simple_query(s, "select 2")) == "2"
     assert proxy.alive(), proxy.log()[-4000:]
     print(f"30,000-term sum: {outcome} in {elapsed:.2f}s (direct: {direct_deep_sum})")
 
 
 def test_deep_sum_30000_terms_extended_protocol(proxy, direct_deep_sum):
     sql = plus_chain(30_000, minus_at=7)          # distinct text: not answered from the cache
-    with raw_session(proxy) as s:
-        s.sendall(parse_msg(sql.encode()) + bind_execute_sync())
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
+        s.sendall(parse_msg(sql) + bind_execute_sync())
         msgs = read_until_ready(s)
         direct = direct_deep_sum
         if direct[0] == "ok":
             direct = ("ok", expected_sum(30_000, 7))
         _check_deep_sum_answer(msgs, direct, 30_000, 7)
-        assert first_value(simple(s, "select 3")) == "3"
+        assert first_value(simple_query(s, "select 3")) == "3"
     assert proxy.alive(), proxy.log()[-4000:]
 
 
@@ -244,7 +153,7 @@ def test_other_sessions_answer_while_a_long_statement_is_classified(proxy):
         try:
             with raw_session(proxy, timeout=180) as s:
                 for i in range(n_long):
-                    simple(s, plus_chain(30_000, minus_at=100 + i))
+                    simple_query(s, plus_chain(30_000, minus_at=100 + i))
         except BaseException as e:        # reported by the main thread
             a_error.append(e)
         finally:
@@ -286,7 +195,7 @@ def test_long_legit_statement_is_not_starved_by_hostile_sessions(proxy):
             with raw_session(proxy, timeout=300) as s:
                 i = 0
                 while not stop.is_set():
-                    simple(s, plus_chain(30_000, minus_at=1_000 + 1_000 * k + i))
+                    simple_query(s, plus_chain(30_000, minus_at=1_000 + 1_000 * k + i))
                     i += 1
         except BaseException as e:
             errors.append(e)
@@ -319,9 +228,9 @@ def test_long_legit_statement_is_not_starved_by_hostile_sessions(proxy):
 def test_sum_over_the_cap_is_denied_as_too_long(proxy):
     sql = plus_chain(100_000)
     assert len(sql) > CAP
-    with raw_session(proxy) as s:
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
         t0 = time.monotonic()
-        msgs = simple(s, sql)
+        msgs = simple_query(s, sql)
         elapsed = time.monotonic() - t0
         assert types(msgs) == ["E", "Z"], msgs
         err = error_of(msgs)
@@ -330,14 +239,14 @@ def test_sum_over_the_cap_is_denied_as_too_long(proxy):
         assert str(CAP) in err["M"] and str(len(sql)) in err["M"], err
         assert "parse.too_long" in err["M"], err
         assert elapsed < 5, elapsed
-        assert first_value(simple(s, "select 4")) == "4"
+        assert first_value(simple_query(s, "select 4")) == "4"
 
 
 def test_in_list_of_200000_items_is_denied_quickly(proxy):
     sql = "SELECT 1 WHERE 1 IN (" + ",".join(str(i) for i in range(200_000)) + ")"
-    with raw_session(proxy) as s:
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
         t0 = time.monotonic()
-        msgs = simple(s, sql)
+        msgs = simple_query(s, sql)
         elapsed = time.monotonic() - t0
         err = error_of(msgs)
         assert err is not None and err["C"] == "42501", msgs[:3]
@@ -345,12 +254,12 @@ def test_in_list_of_200000_items_is_denied_quickly(proxy):
         assert elapsed < 5, elapsed
         # the same through Parse (extended protocol)
         t0 = time.monotonic()
-        s.sendall(parse_msg(sql.encode(), b"big") + bind_execute_sync())
+        s.sendall(parse_msg(sql, "big") + bind_execute_sync())
         msgs = read_until_ready(s)
         err = error_of(msgs)
         assert err is not None and err["C"] == "42501" and str(CAP) in err["M"], msgs[:3]
         assert time.monotonic() - t0 < 5
-        assert first_value(simple(s, "select 5")) == "5"
+        assert first_value(simple_query(s, "select 5")) == "5"
 
 
 def test_in_list_under_the_cap_is_answered(proxy):
@@ -358,8 +267,8 @@ def test_in_list_under_the_cap_is_answered(proxy):
     sql = "SELECT count(*) FROM generate_series(1, 20000) g WHERE g IN (" + \
           ",".join(str(i) for i in range(items)) + ")"
     assert 4096 < len(sql) < CAP
-    with raw_session(proxy) as s:
-        msgs = simple(s, sql)
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
+        msgs = simple_query(s, sql)
         assert error_of(msgs) is None, error_of(msgs)
         assert first_value(msgs) == str(items - 1)
 
@@ -370,8 +279,8 @@ def test_in_list_under_the_cap_is_answered(proxy):
 @pytest.mark.parametrize("depth", [10_000, 30_000])
 def test_deep_parentheses(proxy, depth):
     sql = "SELECT " + "(" * depth + "1" + ")" * depth
-    with raw_session(proxy) as s:
-        msgs = simple(s, sql)
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
+        msgs = simple_query(s, sql)
         assert msgs[-1][0] == b"Z"
         err = error_of(msgs)
         if err is None:
@@ -379,7 +288,7 @@ def test_deep_parentheses(proxy, depth):
         else:
             assert err["C"] in {"42501", "42601", "54001"}, err
             assert err["M"], err
-        assert first_value(simple(s, "select 6")) == "6"
+        assert first_value(simple_query(s, "select 6")) == "6"
 
 
 @pytest.mark.parametrize("kind", ["not", "uminus", "subselect", "array", "case"])
@@ -393,13 +302,13 @@ def test_other_deep_nestings(proxy, kind):
         "case": lambda: "SELECT " + "CASE WHEN true THEN " * n + "1" + " END" * n,
     }[kind]()
     assert len(sql) < CAP
-    with raw_session(proxy) as s:
-        msgs = simple(s, sql)
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
+        msgs = simple_query(s, sql)
         assert msgs[-1][0] == b"Z"
         err = error_of(msgs)
         if err is not None:
             assert err["C"] in {"42501", "42601", "54001"}, err
-        assert first_value(simple(s, "select 7")) == "7"
+        assert first_value(simple_query(s, "select 7")) == "7"
     assert proxy.alive(), proxy.log()[-4000:]
 
 
@@ -407,8 +316,8 @@ def test_other_deep_nestings(proxy, kind):
 
 
 def test_nul_inside_query_is_a_protocol_error(proxy, admin):
-    with raw_session(proxy, "write") as s:
-        s.sendall(_msg(b"Q", b"SELECT 1;\x00 DROP TABLE pg_class\x00"))
+    with raw_session(proxy, "write", timeout=SESSION_TIMEOUT) as s:
+        s.sendall(msg(b"Q", b"SELECT 1;\x00 DROP TABLE pg_class\x00"))
         data, closed = read_to_eof(s, 10)
         assert closed, data
         msgs = split_msgs(data)
@@ -420,9 +329,9 @@ def test_nul_inside_query_is_a_protocol_error(proxy, admin):
 
 def test_nul_inside_parse_is_refused(proxy):
     """Parse's text is a C string: bytes after it must be the parameter types, exactly."""
-    with raw_session(proxy, "read") as s:
+    with raw_session(proxy, "read", timeout=SESSION_TIMEOUT) as s:
         body = b"\0" + b"SELECT 1\0; DELETE FROM x\0" + struct.pack("!h", 0)
-        s.sendall(_msg(b"P", body) + _msg(b"S"))
+        s.sendall(msg(b"P", body) + msg(b"S"))
         data, closed = read_to_eof(s, 10)
         msgs = split_msgs(data)
         errs = [fields(b) for t, b in msgs if t == b"E"]
@@ -437,8 +346,8 @@ def test_nul_inside_parse_is_refused(proxy):
     b"SELECT 1 -- \xc0\xaf",               # overlong encoding, in a comment
 ], ids=["ff", "truncated", "surrogate", "overlong-comment"])
 def test_invalid_utf8_in_query_is_an_error(proxy, raw):
-    with raw_session(proxy, "read") as s:
-        s.sendall(q_msg(raw))
+    with raw_session(proxy, "read", timeout=SESSION_TIMEOUT) as s:
+        s.sendall(query(raw))
         data, closed = read_to_eof(s, 3)
         msgs = split_msgs(data)
         errs = [fields(b) for t, b in msgs if t == b"E"]
@@ -447,12 +356,12 @@ def test_invalid_utf8_in_query_is_an_error(proxy, raw):
         assert not any(t == b"D" for t, _ in msgs), msgs
         if not closed:          # an ERROR, not FATAL: the session goes on
             assert msgs[-1][0] == b"Z", msgs
-            assert first_value(simple(s, "select 8")) == "8"
+            assert first_value(simple_query(s, "select 8")) == "8"
 
 
 @pytest.mark.parametrize("raw", [b"SELECT '\xff'", b"SELECT '\xed\xb0\x80'"])
 def test_invalid_utf8_in_parse_is_an_error(proxy, raw):
-    with raw_session(proxy, "read") as s:
+    with raw_session(proxy, "read", timeout=SESSION_TIMEOUT) as s:
         s.sendall(parse_msg(raw) + bind_execute_sync())
         data, closed = read_to_eof(s, 3)
         msgs = split_msgs(data)
@@ -468,11 +377,11 @@ def test_invalid_utf8_in_parse_is_an_error(proxy, raw):
 def test_many_statements_in_one_query(proxy):
     sql = "SELECT 1;" * 7_000
     assert len(sql) < CAP
-    with raw_session(proxy) as s:
-        msgs = simple(s, sql)
+    with raw_session(proxy, timeout=SESSION_TIMEOUT) as s:
+        msgs = simple_query(s, sql)
         err = error_of(msgs)
         if err is None:
             assert sum(1 for t, _ in msgs if t == b"D") == 7_000
         else:
             assert err["C"] == "42501", err
-        assert first_value(simple(s, "select 9")) == "9"
+        assert first_value(simple_query(s, "select 9")) == "9"

@@ -21,11 +21,23 @@ import psycopg
 import pytest
 
 from proxy.embedded import DEFAULT_HBA
+from tests.integration.conftest import DB, USER, wait_for
+from tests.integration.rawpg import (
+    connect,
+    fields,
+    login,
+    msg,
+    query,
+    read_msg,
+    read_to_eof,
+    read_until_ready,
+    recv_exact,
+    simple_query,
+    split_msgs,
+    start_login,
+    startup_packet,
+)
 
-DB = "appdb"
-USER = "alice"
-
-PROTOCOL_3_0 = 196608
 CANCEL_REQUEST_CODE = 80877102
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -33,106 +45,6 @@ SSL_REQUEST = struct.pack("!ii", 8, SSL_REQUEST_CODE)
 GSSENC_REQUEST = struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
 
 # --------------------------------------------------------------------------- raw helpers
-
-
-def startup_packet(params: dict[str, str] | None = None) -> bytes:
-    params = {"user": USER, "database": DB} if params is None else params
-    body = struct.pack("!i", PROTOCOL_3_0)
-    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def msg(mtype: bytes, body: bytes = b"") -> bytes:
-    return mtype + struct.pack("!i", len(body) + 4) + body
-
-
-def query(sql: bytes | str) -> bytes:
-    sql = sql.encode() if isinstance(sql, str) else sql
-    return msg(b"Q", sql + b"\0")
-
-
-def connect(port: int, timeout: float = 10) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.settimeout(timeout)
-    return s
-
-
-def recv_exact(sock, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
-
-
-def read_msg(sock) -> tuple[bytes, bytes]:
-    mtype, length = struct.unpack("!ci", recv_exact(sock, 5))
-    return mtype, recv_exact(sock, length - 4)
-
-
-def fields(body: bytes) -> dict[str, str]:
-    out = {}
-    for part in body.rstrip(b"\0").split(b"\0"):
-        if part:
-            out[chr(part[0])] = part[1:].decode()
-    return out
-
-
-def read_until_ready(sock) -> list[tuple[bytes, bytes]]:
-    msgs = []
-    while True:
-        m = read_msg(sock)
-        msgs.append(m)
-        if m[0] == b"Z":
-            return msgs
-
-
-def login(sock, token: str, *, user: str = USER, db: str = DB, send_startup: bool = True) -> list:
-    """StartupMessage, 'R' cleartext request, 'p' with the token, read up to 'Z'."""
-    if send_startup:
-        sock.sendall(startup_packet({"user": user, "database": db}))
-    mtype, body = read_msg(sock)
-    assert (mtype, body) == (b"R", struct.pack("!i", 3)), (mtype, body, fields(body) if mtype == b"E" else None)
-    tok = token.encode()
-    sock.sendall(msg(b"p", tok + b"\0"))
-    msgs = read_until_ready(sock)
-    assert msgs[0] == (b"R", struct.pack("!i", 0)), msgs
-    return msgs
-
-
-def simple_query(sock, sql: str) -> list[tuple[bytes, bytes]]:
-    sock.sendall(query(sql))
-    return read_until_ready(sock)
-
-
-def read_to_eof(sock, timeout: float = 10) -> tuple[bytes, bool]:
-    """Everything the server sends until it closes; (data, closed). closed False on timeout."""
-    sock.settimeout(timeout)
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return data, True
-        except (socket.timeout, TimeoutError):
-            return data, False
-        if not chunk:
-            return data, True
-        data += chunk
-    return data, False
-
-
-def split_msgs(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 0
-    while pos + 5 <= len(data):
-        mtype, length = struct.unpack_from("!ci", data, pos)
-        out.append((mtype, data[pos + 5:pos + 1 + length]))
-        pos += 1 + length
-    assert pos == len(data), f"trailing partial message: {data[pos:]!r}"
-    return out
 
 
 def expect_fatal_close(sock, sqlstates: set[str] | None = None, *, allow_silent: bool = False,
@@ -202,9 +114,8 @@ def test_startup_packet_at_the_limit_is_framed(proxy):
 
 
 def test_unsupported_protocol_version(proxy):
-    body = struct.pack("!i", 2 << 16) + b"user\0alice\0\0"
     with connect(proxy.port) as s:
-        s.sendall(struct.pack("!i", len(body) + 4) + body)
+        s.sendall(startup_packet({"user": USER}, protocol=2 << 16))
         f = expect_fatal_close(s, {"0A000", "08P01"})
         assert "protocol" in f["M"], f
 
@@ -563,9 +474,7 @@ def test_upstream_with_nothing_listening(start_proxy):
     assert elapsed < 6
     # the SQLSTATE on the wire
     with connect(p.port) as s:
-        s.sendall(startup_packet())
-        assert read_msg(s) == (b"R", struct.pack("!i", 3))
-        s.sendall(msg(b"p", p.token("read").encode() + b"\0"))
+        start_login(s, p.token("read"))
         f = expect_fatal_close(s)
         assert f["C"] in {"08001", "08006"}, f
     assert p.alive()
@@ -781,10 +690,8 @@ def test_startup_split_into_single_bytes(proxy):
 
 def test_protocol_extension_negotiated(proxy):
     params = {"user": USER, "database": DB, "_pq_.pgwarden_test": "1"}
-    body = struct.pack("!i", (3 << 16) | 2)
-    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
     with connect(proxy.port) as s:
-        s.sendall(struct.pack("!i", len(body) + 4) + body)
+        s.sendall(startup_packet(params, protocol=(3 << 16) | 2))
         mtype, vbody = read_msg(s)
         assert mtype == b"v", (mtype, vbody)
         newest_minor, n = struct.unpack_from("!ii", vbody)
@@ -886,15 +793,6 @@ def _upstream_backends(admin, tag: str) -> int:
     return admin("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s", (f"%{tag}%",))[0][0]
 
 
-def _wait_for(pred, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
-
-
 def test_client_reset_mid_query_frees_the_upstream(proxy, admin):
     """The client vanishes (RST) while a statement runs: the statement does not outlive the
     session (pgwarden cancels it and closes the upstream connection)."""
@@ -903,11 +801,11 @@ def test_client_reset_mid_query_frees_the_upstream(proxy, admin):
     s = connect(proxy.port)
     login(s, token)
     s.sendall(query("SELECT pg_sleep(60)"))
-    assert _wait_for(lambda: _upstream_backends(admin, jti[:12]) == 1)
+    assert wait_for(lambda: _upstream_backends(admin, jti[:12]) == 1)
     time.sleep(0.3)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # RST on close
     s.close()
-    assert _wait_for(lambda: _upstream_backends(admin, jti[:12]) == 0, timeout=10), \
+    assert wait_for(lambda: _upstream_backends(admin, jti[:12]) == 0, timeout=10), \
         "upstream statement left running after the client vanished"
 
 
@@ -915,10 +813,10 @@ def test_idle_client_reset_frees_the_upstream(proxy, admin):
     jti = uuid.uuid4().hex
     s = connect(proxy.port)
     login(s, proxy.token("read", jti=jti))
-    assert _wait_for(lambda: _upstream_backends(admin, jti[:12]) == 1)
+    assert wait_for(lambda: _upstream_backends(admin, jti[:12]) == 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
-    assert _wait_for(lambda: _upstream_backends(admin, jti[:12]) == 0, timeout=10)
+    assert wait_for(lambda: _upstream_backends(admin, jti[:12]) == 0, timeout=10)
 
 
 def test_client_gone_while_upstream_logs_in(start_proxy):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -33,10 +32,26 @@ import pytest
 from psycopg import errors as E
 from psycopg.pq import TransactionStatus as TS
 
+from tests.integration.conftest import DB
+from tests.integration.rawpg import (
+    SYNC,
+    bind_msg,
+    command_tag,
+    cstr,
+    data_values,
+    execute_msg,
+    fields,
+    msg,
+    parse_msg,
+    raw_session,
+    read_until_ready,
+    simple_query,
+    tx_status,
+    types,
+)
+
 pytestmark = pytest.mark.integration
 
-DB = "appdb"
-USER = "alice"
 PSQL = shutil.which("psql")
 
 DENIAL = re.compile(
@@ -45,121 +60,7 @@ DENIAL = re.compile(
     r"\[rule (?P<rule>[\w.]+)\]$", re.S)
 
 
-# --------------------------------------------------------------------------- raw protocol helpers
-
-PROTOCOL_3_0 = 196608
-
-
-def _msg(mtype: bytes, body: bytes = b"") -> bytes:
-    return mtype + struct.pack("!i", len(body) + 4) + body
-
-
-def _cstr(s: str) -> bytes:
-    return s.encode() + b"\0"
-
-
-def q_msg(sql: str | bytes) -> bytes:
-    sql = sql.encode() if isinstance(sql, str) else sql
-    return _msg(b"Q", sql + b"\0")
-
-
-def parse_msg(sql: str, name: str = "") -> bytes:
-    return _msg(b"P", _cstr(name) + _cstr(sql) + struct.pack("!h", 0))
-
-
-def bind_msg(statement: str = "", portal: str = "") -> bytes:
-    # no parameter formats, no parameters, no result formats
-    return _msg(b"B", _cstr(portal) + _cstr(statement) + struct.pack("!hhh", 0, 0, 0))
-
-
-def execute_msg(portal: str = "") -> bytes:
-    return _msg(b"E", _cstr(portal) + struct.pack("!i", 0))
-
-
-SYNC = _msg(b"S")
-
-
-def startup_packet(params: dict[str, str]) -> bytes:
-    body = struct.pack("!i", PROTOCOL_3_0)
-    body += b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def recv_exact(sock, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
-        out += chunk
-    return out
-
-
-def read_msg(sock) -> tuple[bytes, bytes]:
-    mtype, length = struct.unpack("!ci", recv_exact(sock, 5))
-    return mtype, recv_exact(sock, length - 4)
-
-
-def fields(body: bytes) -> dict[str, str]:
-    out = {}
-    for part in body.rstrip(b"\0").split(b"\0"):
-        if part:
-            out[chr(part[0])] = part[1:].decode()
-    return out
-
-
-def read_until_ready(sock) -> list[tuple[bytes, bytes]]:
-    msgs = []
-    while True:
-        m = read_msg(sock)
-        msgs.append(m)
-        if m[0] == b"Z":
-            return msgs
-
-
-def raw_session(proxy, scope: str, timeout: float = 20) -> socket.socket:
-    """A logged-in plaintext (loopback) session; everything up to the first ReadyForQuery is read."""
-    s = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
-    s.settimeout(timeout)
-    s.sendall(startup_packet({"user": USER, "database": DB}))
-    mtype, body = read_msg(s)
-    assert (mtype, body) == (b"R", struct.pack("!i", 3)), (mtype, fields(body) if mtype == b"E" else body)
-    s.sendall(_msg(b"p", proxy.token(scope).encode() + b"\0"))
-    msgs = read_until_ready(s)
-    assert msgs[0] == (b"R", struct.pack("!i", 0)), msgs
-    return s
-
-
-def simple(sock, sql: str) -> list[tuple[bytes, bytes]]:
-    sock.sendall(q_msg(sql))
-    return read_until_ready(sock)
-
-
-def types(msgs) -> list[str]:
-    return [m[0].decode() for m in msgs]
-
-
-def data_values(body: bytes) -> list[str | None]:
-    (n,) = struct.unpack_from("!h", body)
-    pos, out = 2, []
-    for _ in range(n):
-        (ln,) = struct.unpack_from("!i", body, pos)
-        pos += 4
-        if ln < 0:
-            out.append(None)
-        else:
-            out.append(body[pos:pos + ln].decode())
-            pos += ln
-    return out
-
-
-def command_tag(body: bytes) -> str:
-    return body.rstrip(b"\0").decode()
-
-
-def tx_status(msgs) -> str:
-    assert msgs[-1][0] == b"Z", msgs
-    return msgs[-1][1].decode()
+# --------------------------------------------------------------------------- denials
 
 
 def assert_denial(f: dict[str, str], *, cls: str | None = None, scope: str | None = None,
@@ -286,21 +187,21 @@ def test_read_scope_allows_reads(proxy, table):
 def test_read_scope_empty_queries(proxy):
     with raw_session(proxy, "read") as s:
         for text in ["", ";", "-- c", "  ;; ", "/* only a comment */"]:
-            msgs = simple(s, text)
+            msgs = simple_query(s, text)
             assert types(msgs) == ["I", "Z"], (text, msgs)
             assert tx_status(msgs) == "I"
-        msgs = simple(s, "select 41 + 1")
+        msgs = simple_query(s, "select 41 + 1")
         assert types(msgs) == ["T", "D", "C", "Z"], msgs
         assert data_values(msgs[1][1]) == ["42"]
 
 
 def test_read_scope_session_usable_after_denial_raw(proxy, table):
     with raw_session(proxy, "read") as s:
-        msgs = simple(s, f"DELETE FROM {table}")
+        msgs = simple_query(s, f"DELETE FROM {table}")
         assert types(msgs) == ["E", "Z"], msgs
         assert_denial(fields(msgs[0][1]), cls="write", scope="read", allow="write", rule="write.delete")
         assert tx_status(msgs) == "I"
-        msgs = simple(s, f"select count(*) from {table}")
+        msgs = simple_query(s, f"select count(*) from {table}")
         assert types(msgs) == ["T", "D", "C", "Z"], msgs
         assert data_values(msgs[1][1]) == ["2"]
 
@@ -361,14 +262,14 @@ def test_write_scope_denial_in_transaction_commit_answers_rollback(proxy, admin,
 
 def test_write_scope_denial_in_transaction_raw_commit_tag_is_rollback(proxy, admin, table):
     with raw_session(proxy, "write") as s:
-        assert tx_status(simple(s, "BEGIN")) == "T"
-        msgs = simple(s, f"INSERT INTO {table} VALUES (60, 'raw')")
+        assert tx_status(simple_query(s, "BEGIN")) == "T"
+        msgs = simple_query(s, f"INSERT INTO {table} VALUES (60, 'raw')")
         assert types(msgs) == ["C", "Z"] and tx_status(msgs) == "T", msgs
-        msgs = simple(s, f"DROP TABLE {table}")
+        msgs = simple_query(s, f"DROP TABLE {table}")
         assert types(msgs) == ["E", "Z"], msgs
         assert_denial(fields(msgs[0][1]), cls="ddl", scope="write", allow="ddl", rule="ddl.drop_table")
         assert tx_status(msgs) == "E"
-        msgs = simple(s, "COMMIT")
+        msgs = simple_query(s, "COMMIT")
         assert types(msgs) == ["C", "Z"], msgs
         assert command_tag(msgs[0][1]) == "ROLLBACK"
         assert tx_status(msgs) == "I"
@@ -477,7 +378,7 @@ def test_denial_mid_batch_skips_to_sync(proxy, admin, table):
 
 def test_extended_denial_in_transaction_block_commit_answers_rollback(proxy, admin, table):
     with raw_session(proxy, "write") as s:
-        assert tx_status(simple(s, "BEGIN")) == "T"
+        assert tx_status(simple_query(s, "BEGIN")) == "T"
         s.sendall(parse_msg(f"INSERT INTO {table} VALUES (95, 'tx')") + bind_msg() + execute_msg() + SYNC)
         r = read_until_ready(s)
         assert types(r) == ["1", "2", "C", "Z"] and tx_status(r) == "T", r
@@ -509,7 +410,7 @@ def test_bind_of_denied_named_statement_never_reaches_server(proxy, admin, table
         assert types(r3) == ["1", "2", "D", "C", "Z"], r3
         assert data_values(r3[2][1]) == ["3"]
         # Close of the denied name, then the name is reusable for an allowed statement
-        s.sendall(_msg(b"C", b"S" + _cstr("s1")) + SYNC)
+        s.sendall(msg(b"C", b"S" + cstr("s1")) + SYNC)
         assert types(read_until_ready(s)) == ["3", "Z"]
         s.sendall(parse_msg("SELECT 4", name="s1") + bind_msg("s1") + execute_msg() + SYNC)
         r = read_until_ready(s)
@@ -651,22 +552,22 @@ def test_sql_prepare_name_reuse_cannot_smuggle(proxy, admin, table):
 def test_function_call_message_denied(proxy):
     with raw_session(proxy, "ddl") as s:
         # FunctionCall: oid 2026 (pg_backend_pid), no arg formats, no args, text result
-        s.sendall(_msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))
+        s.sendall(msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))
         msgs = read_until_ready(s)
         assert types(msgs) == ["E", "Z"], msgs
         f = fields(msgs[0][1])
         assert f["C"] == "42501", f
         assert "FunctionCall" in f["M"] and "admin.function_call" in f["M"], f
         assert tx_status(msgs) == "I"
-        msgs = simple(s, "select 5")
+        msgs = simple_query(s, "select 5")
         assert types(msgs) == ["T", "D", "C", "Z"], msgs
         assert data_values(msgs[1][1]) == ["5"]
         # inside a transaction it aborts the transaction, as a failed call would
-        assert tx_status(simple(s, "BEGIN")) == "T"
-        s.sendall(_msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))
+        assert tx_status(simple_query(s, "BEGIN")) == "T"
+        s.sendall(msg(b"F", struct.pack("!ihhh", 2026, 0, 0, 0)))
         msgs = read_until_ready(s)
         assert types(msgs) == ["E", "Z"] and tx_status(msgs) == "E", msgs
-        msgs = simple(s, "COMMIT")
+        msgs = simple_query(s, "COMMIT")
         assert command_tag(msgs[0][1]) == "ROLLBACK", msgs
 
 
@@ -717,13 +618,13 @@ def test_ddl_scope_denies_admin(proxy, admin, table, sql, rule):
 
 def test_multi_statement_query_with_one_denied_runs_nothing(proxy, admin, table):
     with raw_session(proxy, "read") as s:
-        msgs = simple(s, f"SELECT 1; DELETE FROM {table}")
+        msgs = simple_query(s, f"SELECT 1; DELETE FROM {table}")
         assert types(msgs) == ["E", "Z"], msgs      # no RowDescription/DataRow of the SELECT
         f = fields(msgs[0][1])
         assert_denial(f, cls="write", scope="read", rule="write.delete")
         assert "statement 2 of 2" in f["M"], f
     with raw_session(proxy, "write") as s:
-        msgs = simple(s, f"INSERT INTO {table} VALUES (400, 'multi'); DROP TABLE {table}; SELECT 1")
+        msgs = simple_query(s, f"INSERT INTO {table} VALUES (400, 'multi'); DROP TABLE {table}; SELECT 1")
         assert types(msgs) == ["E", "Z"], msgs
         assert_denial(fields(msgs[0][1]), cls="ddl", scope="write", rule="ddl.drop_table")
         assert tx_status(msgs) == "I"
@@ -732,7 +633,7 @@ def test_multi_statement_query_with_one_denied_runs_nothing(proxy, admin, table)
 
 def test_multi_statement_query_all_allowed_runs(proxy, admin, table):
     with raw_session(proxy, "write") as s:
-        msgs = simple(s, f"INSERT INTO {table} VALUES (410, 'a'); SELECT 7")
+        msgs = simple_query(s, f"INSERT INTO {table} VALUES (410, 'a'); SELECT 7")
         assert types(msgs) == ["C", "T", "D", "C", "Z"], msgs
     assert ids(admin, table) == [1, 2, 410]
 

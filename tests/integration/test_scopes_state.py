@@ -27,23 +27,26 @@ import pytest
 from psycopg import errors as E
 from psycopg.pq import TransactionStatus as TS
 
-from tests.integration.test_scopes import (
-    _msg,
-    assert_denial,
-    assert_exc_denial,
+from tests.integration.conftest import DB
+from tests.integration.rawpg import (
+    SYNC,
+    bind_msg,
     command_tag,
+    execute_msg,
     fields,
+    msg,
+    parse_msg,
     raw_session,
     read_msg,
     read_until_ready,
-    simple,
+    simple_query,
     tx_status,
     types,
 )
+from tests.integration.test_scopes import assert_denial, assert_exc_denial
 
 pytestmark = pytest.mark.integration
 
-DB = "appdb"
 PSQL = shutil.which("psql")
 
 
@@ -368,7 +371,7 @@ def test_allowed_statements_behave_as_direct(proxy, pg, admin, scope_roles, scop
 
 
 def _copy_data(rows: list[str]) -> bytes:
-    return b"".join(_msg(b"d", r.encode() + b"\n") for r in rows) + _msg(b"c")
+    return b"".join(msg(b"d", r.encode() + b"\n") for r in rows) + msg(b"c")
 
 
 def test_denied_copy_from_stdin_then_copy_data_loads_nothing(proxy, admin, world):
@@ -377,15 +380,15 @@ def test_denied_copy_from_stdin_then_copy_data_loads_nothing(proxy, admin, world
     t = world
     before = db_snapshot(admin, t)
     with raw_session(proxy, "read") as s:
-        s.sendall(_msg(b"Q", f"COPY {t} (v) FROM STDIN".encode() + b"\0") + _copy_data(["a", "b", "c"]))
+        s.sendall(msg(b"Q", f"COPY {t} (v) FROM STDIN".encode() + b"\0") + _copy_data(["a", "b", "c"]))
         msgs = read_until_ready(s)
         assert types(msgs) == ["E", "Z"], msgs
         assert_denial(fields(msgs[0][1]), cls="write", scope="read", allow="write", rule="write.copy_from")
-        msgs = simple(s, f"SELECT count(*) FROM {t}")
+        msgs = simple_query(s, f"SELECT count(*) FROM {t}")
         assert types(msgs) == ["T", "D", "C", "Z"], msgs
         # the extended protocol too: Parse of the COPY is denied, Bind/Execute never reach a statement
-        s.sendall(_msg(b"P", b"\0" + f"COPY {t} (v) FROM STDIN".encode() + b"\0\0\0")
-                  + _msg(b"B", b"\0\0\0\0\0\0\0\0") + _msg(b"E", b"\0\0\0\0\0") + _copy_data(["d"]) + _msg(b"S"))
+        s.sendall(msg(b"P", b"\0" + f"COPY {t} (v) FROM STDIN".encode() + b"\0\0\0")
+                  + msg(b"B", b"\0\0\0\0\0\0\0\0") + msg(b"E", b"\0\0\0\0\0") + _copy_data(["d"]) + msg(b"S"))
         msgs = read_until_ready(s)
         assert msgs[0][0] == b"E" and msgs[-1][0] == b"Z", msgs
         assert_denial(fields(msgs[0][1]), cls="write", scope="read", rule="write.copy_from")
@@ -396,13 +399,13 @@ def test_denied_copy_from_stdin_then_copy_data_loads_nothing(proxy, admin, world
 def test_copy_in_and_out_under_write(proxy, admin, world):
     t = world
     with raw_session(proxy, "write") as s:
-        s.sendall(_msg(b"Q", f"COPY {t} (v) FROM STDIN".encode() + b"\0"))
+        s.sendall(msg(b"Q", f"COPY {t} (v) FROM STDIN".encode() + b"\0"))
         first = read_msg(s)
         assert first[0] == b"G", first
         s.sendall(_copy_data(["three", "four"]))
         msgs = read_until_ready(s)
         assert types(msgs) == ["C", "Z"] and command_tag(msgs[0][1]) == "COPY 2", msgs
-        s.sendall(_msg(b"Q", f"COPY (SELECT v FROM {t} ORDER BY id) TO STDOUT".encode() + b"\0"))
+        s.sendall(msg(b"Q", f"COPY (SELECT v FROM {t} ORDER BY id) TO STDOUT".encode() + b"\0"))
         msgs = read_until_ready(s)
         assert types(msgs)[0] == "H" and types(msgs)[-3:] == ["c", "C", "Z"], msgs
         assert [b for m, b in msgs if m == b"d"] == [b"one\n", b"two\n", b"three\n", b"four\n"]
@@ -435,19 +438,17 @@ def test_psql_backslash_commands_under_read(proxy, world, cmd):
 def test_describe_flush_close_relayed_and_denial_answered_on_flush(proxy, admin, world):
     """Describe and Flush pass through; a denied Parse is answered at Flush (no Sync needed),
     as the server answers its own errors, and the batch then skips to Sync."""
-    from tests.integration.test_scopes import bind_msg, execute_msg, parse_msg, SYNC
-
     t = world
-    flush = _msg(b"H")
+    flush = msg(b"H")
     with raw_session(proxy, "read") as s:
-        s.sendall(parse_msg(f"SELECT id, v FROM {t} WHERE id = $1", name="sd") + _msg(b"D", b"Ssd\0") + flush)
+        s.sendall(parse_msg(f"SELECT id, v FROM {t} WHERE id = $1", name="sd") + msg(b"D", b"Ssd\0") + flush)
         got = [read_msg(s) for _ in range(3)]
         assert [m[0] for m in got] == [b"1", b"t", b"T"], got          # ParseComplete, ParameterDescription, RowDescription
-        s.sendall(_msg(b"B", b"\0sd\0" + struct.pack("!hh", 0, 1) + struct.pack("!i", 1) + b"1" + struct.pack("!h", 0))
-                  + _msg(b"D", b"P\0") + execute_msg() + flush)
+        s.sendall(msg(b"B", b"\0sd\0" + struct.pack("!hh", 0, 1) + struct.pack("!i", 1) + b"1" + struct.pack("!h", 0))
+                  + msg(b"D", b"P\0") + execute_msg() + flush)
         got = [read_msg(s) for _ in range(4)]
         assert [m[0] for m in got] == [b"2", b"T", b"D", b"C"], got
-        s.sendall(_msg(b"C", b"Ssd\0") + SYNC)
+        s.sendall(msg(b"C", b"Ssd\0") + SYNC)
         got = read_until_ready(s)
         assert types(got) == ["3", "Z"], got
         # a denied Parse, then Flush: the denial comes without waiting for Sync
@@ -459,5 +460,5 @@ def test_describe_flush_close_relayed_and_denial_answered_on_flush(proxy, admin,
         s.sendall(bind_msg("del") + execute_msg() + SYNC)
         got = read_until_ready(s)
         assert types(got) == ["Z"] and tx_status(got) == "I", got
-        assert types(simple(s, "SELECT 1")) == ["T", "D", "C", "Z"]
+        assert types(simple_query(s, "SELECT 1")) == ["T", "D", "C", "Z"]
     assert admin(f"select count(*) from {t}") == [(2,)]

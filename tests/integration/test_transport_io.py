@@ -29,6 +29,7 @@ import pytest
 
 from proxy import config as config_mod
 from tests.integration.conftest import _make_proxy
+from tests.integration.rawpg import login, msg
 
 pytestmark = pytest.mark.integration
 
@@ -44,22 +45,6 @@ def rss(pid: int) -> int:
 
 def loaded_uvloop(pid: int) -> bool:
     return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def _msg(t: bytes, body: bytes = b"") -> bytes:
-    return t + struct.pack("!i", len(body) + 4) + body
-
-
-def _login(s, token: str) -> None:
-    body = struct.pack("!i", 196608) + b"user\0alice\0database\0appdb\0\0"
-    s.sendall(struct.pack("!i", len(body) + 4) + body)
-    assert s.recv(9) == b"R" + struct.pack("!ii", 8, 3)
-    s.sendall(_msg(b"p", token.encode() + b"\0"))
-    data = b""
-    while not data.endswith(b"Z\0\0\0\x05I"):
-        chunk = s.recv(65536)
-        assert chunk, data
-        data += chunk
 
 
 # =========================================================================== uvloop, or not
@@ -159,9 +144,9 @@ def test_client_that_stops_reading_is_not_buffered(start_proxy):
     pid = p.proc.pid
     with socket.create_connection((p.host, p.port), timeout=20) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        _login(s, p.token("read"))
+        login(s, p.token("read"))
         base = rss(pid)
-        s.sendall(_msg(b"Q", b"SELECT repeat('x', 1000000) FROM generate_series(1, 2000)\0"))
+        s.sendall(msg(b"Q", b"SELECT repeat('x', 1000000) FROM generate_series(1, 2000)\0"))
         time.sleep(4)
         grown = rss(pid) - base
         assert grown < 64 * MB, f"proxy memory grew by {grown / MB:.0f} MB for a client that does not read"
@@ -184,10 +169,10 @@ def test_client_streaming_at_a_server_that_does_not_read_is_stopped(start_proxy,
     try:
         lock.execute(f"LOCK TABLE public.{table} IN ACCESS EXCLUSIVE MODE")     # in a transaction: held
         with socket.create_connection((p.host, p.port), timeout=20) as s:
-            _login(s, p.token("write"))
+            login(s, p.token("write"))
             base = rss(pid)
-            s.sendall(_msg(b"Q", f"COPY public.{table} FROM STDIN\0".encode()))
-            row = _msg(b"d", b"y" * 65530 + b"\n")
+            s.sendall(msg(b"Q", f"COPY public.{table} FROM STDIN\0".encode()))
+            row = msg(b"d", b"y" * 65530 + b"\n")
             s.settimeout(3)
             sent = 0
             blocked = False
