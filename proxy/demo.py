@@ -25,9 +25,10 @@ DEMO_DB = "appdb"
 def write_config(directory: Path, *, pg_host: str, pg_port: int, scope_roles: dict[str, tuple[str, str]],
                  listen_port: int, kid: str, private_path: Path, public_path: Path,
                  cert: Path | None = None, key: Path | None = None, extra_server: dict | None = None,
-                 record: bool = False) -> Path:
+                 record: bool = False, audit: dict | None = None) -> Path:
     """Write pgwarden.toml for a local server; passwords go to 0600 files beside it.
-    ``record``: session recordings in ``recordings/``, signed with a key pair made in ``keys-rec/``."""
+    ``record``: session recordings in ``recordings/``, signed with a key pair made in ``keys-rec/``;
+    ``audit``: more keys of the [audit] section (capture_rows, fsync, ...)."""
     secrets_dir = directory / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     lines = ["[server]", 'listen_host = "127.0.0.1"', f"listen_port = {listen_port}"]
@@ -48,7 +49,8 @@ def write_config(directory: Path, *, pg_host: str, pg_port: int, scope_roles: di
         from .keys import generate_keypair
         rk = generate_keypair(directory / "keys-rec", "rec")
         lines += ["[audit]", f'dir = "{directory / "recordings"}"', f'signing_key = "{rk.private_path}"',
-                  'signing_kid = "rec"', f'public_keys = {{ rec = "{rk.public_path}" }}', ""]
+                  'signing_kid = "rec"', f'public_keys = {{ rec = "{rk.public_path}" }}']
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (audit or {}).items()] + [""]
     path = directory / "pgwarden.toml"
     path.write_text("\n".join(lines))
     return path

@@ -510,11 +510,15 @@ class ClientConn(asyncio.Protocol):
                   reason=claims.reason, ticket=claims.ticket, approver=claims.approver,
                   backend_pid=self.up_pid, upstream_role=self.scope.role)
         self.tracker = StatementTracker(self._record_statement, capture_params=acfg.capture_params,
-                                        copy_out_bytes=self._copy_out_bytes)
+                                        copy_out_bytes=self._copy_out_bytes, capture_rows=acfg.capture_rows,
+                                        watch_rows=self._watch_rows)
         self.stream.on_message = self.tracker.on_server
 
     def _copy_out_bytes(self) -> int:
         return self.stream.copy_bytes
+
+    def _watch_rows(self, on: bool) -> None:
+        self.stream.watch_rows = on
 
     def _record_statement(self, st: Statement) -> None:
         rec = self.recorder
@@ -536,7 +540,7 @@ class ClientConn(asyncio.Protocol):
         rec.statement(text=st.text, params=st.params, statement_class=v.statement_class if v else "admin",
                       decision="denied" if denied else "allowed", rule=v.rule if v else None,
                       started=st.started, duration=round(ended - st.started, 6), tag=st.tag, rows=st.rows,
-                      sqlstate=sqlstate, message=message, via=st.via)
+                      sqlstate=sqlstate, message=message, via=st.via, rows_sample=st.sample)
 
     def _on_recording_failed(self, error: str) -> None:
         """The recording cannot be written: fail closed, the session does not go on unrecorded."""

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..wire.constants import (PqMsg_CommandComplete, PqMsg_CopyBothResponse, PqMsg_CopyInResponse,
-                              PqMsg_CopyOutResponse, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse,
+                              PqMsg_CopyOutResponse, PqMsg_DataRow, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse,
                               PqMsg_PortalSuspended, PqMsg_ReadyForQuery)
 
 __all__ = ["Statement", "StatementTracker", "render_params", "MAX_PARAM_CHARS"]
@@ -46,7 +46,7 @@ class Statement:
     """One statement and what became of it."""
 
     __slots__ = ("text", "via", "started", "ended", "params", "verdict", "tags", "sqlstate", "message",
-                 "copy_direction", "copy_bytes", "skipped")
+                 "copy_direction", "copy_bytes", "skipped", "sample")
 
     def __init__(self, text: str, via: str, started: float, verdict=None, params=None) -> None:
         self.text = text
@@ -61,6 +61,7 @@ class Statement:
         self.copy_direction: str | None = None
         self.copy_bytes = 0
         self.skipped = False                 # never ran: an earlier error in its Sync group
+        self.sample: list[list[str | None]] | None = None   # first result rows, when captured
 
     @property
     def rows(self) -> int | None:
@@ -92,10 +93,13 @@ class _Group:
 
 class StatementTracker:
     __slots__ = ("emit", "clock", "capture_params", "groups", "statements", "portals", "copy_in", "copy_out_of",
-                 "copying")
+                 "copying", "capture_rows", "watch_rows")
 
     def __init__(self, emit: Callable[[Statement], None], *, capture_params: bool = True,
-                 copy_out_bytes: Callable[[], int] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 copy_out_bytes: Callable[[], int] | None = None, clock: Callable[[], float] = time.time,
+                 capture_rows: int = 0, watch_rows: Callable[[bool], None] | None = None) -> None:
+        """capture_rows: keep the first N DataRows of each statement; watch_rows(on) asks the
+        server stream to show DataRows (on until the statement has its N rows)."""
         self.emit = emit
         self.clock = clock
         self.capture_params = capture_params
@@ -105,6 +109,10 @@ class StatementTracker:
         self.copy_in = 0                     # CopyData bytes from the client during COPY FROM STDIN
         self.copy_out_of = copy_out_bytes or (lambda: 0)
         self.copying: tuple[Statement, int] | None = None  # the statement in COPY, server bytes at its start
+        self.capture_rows = capture_rows
+        self.watch_rows = watch_rows if capture_rows > 0 else None
+        if self.watch_rows is not None:
+            self.watch_rows(True)
 
     # ------------------------------------------------------------------ client side
 
@@ -148,6 +156,18 @@ class StatementTracker:
 
     def on_server(self, mtype: int, body: bytes) -> None:
         group = self.groups[0]
+        if mtype == PqMsg_DataRow:
+            st = self._current(group)
+            if st is not None and self.capture_rows:
+                if st.sample is None:
+                    st.sample = []
+                if len(st.sample) < self.capture_rows:
+                    st.sample.append(_data_row(body))
+                if len(st.sample) >= self.capture_rows and self.watch_rows is not None:
+                    self.watch_rows(False)           # the rest of this result goes by in bulk
+            return
+        if self.watch_rows is not None:
+            self.watch_rows(True)                    # the next statement's rows are wanted again
         if mtype == PqMsg_ReadyForQuery:
             self._ready(group)
             return
@@ -216,6 +236,28 @@ class StatementTracker:
     def pending(self) -> list[Statement]:
         """Statements sent and not yet answered (a session cut mid-statement)."""
         return [st for g in self.groups for st in g.items[g.next:]]
+
+
+def _data_row(body: bytes) -> list[str | None]:
+    """A DataRow's values: text when they decode as UTF-8, else \\x-hex; NULL as None; long ones cut."""
+    (count,) = struct.unpack_from("!h", body, 0)
+    pos, out = 2, []
+    for _ in range(count):
+        (size,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        if size < 0:
+            out.append(None)
+            continue
+        value = body[pos:pos + size]
+        pos += size
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = "\\x" + value.hex()
+        if len(text) > MAX_PARAM_CHARS:
+            text = text[:MAX_PARAM_CHARS] + f"... ({size} bytes)"
+        out.append(text)
+    return out
 
 
 def _error_fields(body: bytes) -> dict[str, str]:

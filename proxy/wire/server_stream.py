@@ -12,8 +12,10 @@ look at headers, forward ranges). It tracks what pgwarden needs:
   few messages that end or describe a statement (WATCHED: CommandComplete,
   EmptyQueryResponse, PortalSuspended, ErrorResponse, CopyIn/Out/Both
   responses, ReadyForQuery), given to the hook once whole, and the bytes of
-  CopyData. DataRows are never looked at: a row count comes from the
-  CommandComplete tag.
+  CopyData. DataRows are not looked at (a row count comes from the
+  CommandComplete tag) unless ``watch_rows`` is set: the recording's
+  optional capture of a statement's first rows turns it on until it has
+  them.
 
 Only an ErrorResponse being held is ever copied; a watched message split
 across chunks is forwarded at once and its body collected on the side.
@@ -34,8 +36,8 @@ import struct
 from collections.abc import Callable
 
 from .constants import (PqMsg_CommandComplete, PqMsg_CopyBothResponse, PqMsg_CopyData, PqMsg_CopyInResponse,
-                        PqMsg_CopyOutResponse, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse, PqMsg_PortalSuspended,
-                        PqMsg_ReadyForQuery)
+                        PqMsg_CopyOutResponse, PqMsg_DataRow, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse,
+                        PqMsg_PortalSuspended, PqMsg_ReadyForQuery)
 from .errors import ServerProtocolError
 
 _HDR = struct.Struct("!Bi")
@@ -75,11 +77,14 @@ def _stop_table(types) -> bytes:
     return bytes(table)
 
 
-# index: (on_error set) | (on_message set) << 1
+# index: (on_error set) | (on_message set) << 1 | (watch_rows and on_message set) << 2
 _STOP = (_stop_table({PqMsg_ReadyForQuery}),
          _stop_table({PqMsg_ReadyForQuery, PqMsg_ErrorResponse}),
          _stop_table(WATCHED),
-         _stop_table(WATCHED | {PqMsg_ErrorResponse}))
+         _stop_table(WATCHED | {PqMsg_ErrorResponse}),
+         None, None,
+         _stop_table(WATCHED | {PqMsg_DataRow}),
+         _stop_table(WATCHED | {PqMsg_ErrorResponse, PqMsg_DataRow}))
 
 try:
     from ._scan import skip as skip_messages_c
@@ -93,7 +98,7 @@ SCANNER_IMPL = "c" if skip_messages_c is not None else "python"
 
 class ServerStream:
     __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "on_error", "ready_count",
-                 "on_message", "side", "copy_bytes")
+                 "on_message", "side", "copy_bytes", "watch_rows")
 
     def __init__(self, on_error: Callable[[bytes], bytes | None] | None = None,
                  on_message: Callable[[int, bytes], None] | None = None) -> None:
@@ -107,6 +112,7 @@ class ServerStream:
         self.on_message = on_message    # (type, body) of each WATCHED message, once whole
         self.side: bytearray | None = None   # body of a watched message split across chunks
         self.copy_bytes = 0             # CopyData payload bytes seen (with on_message only)
+        self.watch_rows = False         # with on_message: DataRows go to the hook too
 
     def feed(self, data: bytes) -> bytes:
         if self.header:
@@ -117,7 +123,7 @@ class ServerStream:
         out = None                      # stays None while the chunk goes out untouched
         start = 0                       # first byte not yet copied into out
         on_message = self.on_message
-        stop = _STOP[(self.on_error is not None) | ((on_message is not None) << 1)]
+        stop = self._stop()
         count_copy = on_message is not None
         skip = skip_messages
         if self.remaining:
@@ -140,6 +146,7 @@ class ServerStream:
             elif self.side is not None and not self.remaining:
                 body, self.side = bytes(self.side), None
                 on_message(self.cur_type, body)
+                stop = self._stop()
         while pos < n:
             pos, copied = skip(data, pos, stop, count_copy)
             if copied:
@@ -177,11 +184,12 @@ class ServerStream:
             if on_message is not None:
                 if mtype == PqMsg_CopyData:
                     self.copy_bytes += length - 4
-                elif mtype in WATCHED:
+                elif mtype in WATCHED or (mtype == PqMsg_DataRow and self.watch_rows and length <= MAX_ERROR_SIZE):
                     if length > MAX_ERROR_SIZE:
                         raise ServerProtocolError(f"server sent an oversized {chr(mtype)!r} message")
                     if end <= n:
                         on_message(mtype, bytes(data[pos + 5:end]))
+                        stop = self._stop()
                     else:
                         self.side = bytearray(data[pos + 5:n])
             if end > n:
@@ -193,6 +201,10 @@ class ServerStream:
             return data
         out += data[start:]
         return bytes(out)
+
+    def _stop(self) -> bytes:
+        hooked = self.on_message is not None
+        return _STOP[(self.on_error is not None) | (hooked << 1) | ((hooked and self.watch_rows) << 2)]
 
     @property
     def at_boundary(self) -> bool:

@@ -132,7 +132,8 @@ def proxy_assets(tmp_path_factory):
 
 
 def _make_proxy(pg, scope_roles, proxy_assets, *, name: str, tls: bool = True, upstream: dict | None = None,
-                server: dict | None = None, record: bool = True, extra_toml: str = "") -> Proxy:
+                server: dict | None = None, record: bool = True, extra_toml: str = "",
+                audit: dict | None = None) -> Proxy:
     base, kp, cert, key = proxy_assets
     work = base / name
     work.mkdir(exist_ok=True)
@@ -140,7 +141,7 @@ def _make_proxy(pg, scope_roles, proxy_assets, *, name: str, tls: bool = True, u
     cfg = write_config(work, pg_host=(upstream or {}).get("host", pg.host), pg_port=(upstream or {}).get("port", pg.port),
                        scope_roles=scope_roles, listen_port=port, kid=kp.kid, private_path=kp.private_path,
                        public_path=kp.public_path, cert=cert if tls else None, key=key if tls else None,
-                       extra_server=server, record=record)
+                       extra_server=server, record=record, audit=audit)
     if extra_toml:
         cfg.write_text(cfg.read_text() + "\n" + extra_toml)
     if upstream and "sslmode" in upstream:

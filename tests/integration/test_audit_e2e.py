@@ -226,3 +226,24 @@ def test_recording_directory_is_private(proxy):
     assert os.stat(rec_dir).st_mode & 0o077 == 0
     for f in rec_dir.rglob("*.jsonl"):
         assert os.stat(f).st_mode & 0o077 == 0
+
+
+def test_first_rows_captured_when_configured(start_proxy):
+    p = start_proxy(audit={"capture_rows": 2})
+    grant = f"g-rows-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(p.dsn("read", token=p.token("read", jti=grant)), autocommit=True) as conn:
+        conn.execute("SELECT g, 'row ' || g FROM generate_series(1, 1000) g").fetchall()
+        conn.execute("SELECT NULL::text, 'x'").fetchall()
+        assert conn.execute("SELECT %s::int * 2", (21,)).fetchone() == (42,)     # binary result: hex
+    recs = [r for r in records(recording_of(p, grant), "statement") if not r.get("introspection")]
+    assert recs[0]["rows_sample"] == [["1", "row 1"], ["2", "row 2"]] and recs[0]["rows"] == 1000
+    assert recs[1]["rows_sample"] == [[None, "x"]]
+    assert len(recs[2]["rows_sample"]) == 1
+
+
+def test_rows_not_captured_by_default(proxy):
+    grant = f"g-norows-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(proxy.dsn("read", token=proxy.token("read", jti=grant)), autocommit=True) as conn:
+        conn.execute("SELECT 1").fetchall()
+    recs = records(recording_of(proxy, grant), "statement")
+    assert recs and all("rows_sample" not in r for r in recs)

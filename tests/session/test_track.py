@@ -182,3 +182,42 @@ def test_decode_bind_truncated_is_a_protocol_error():
     body = bind_message("", "", [b"abcdef"], [])
     with pytest.raises(ClientProtocolError):
         decode.decode_bind(body + b"more", 0, len(body) - 6)
+
+
+def data_row(*values) -> bytes:
+    body = struct.pack("!h", len(values))
+    for v in values:
+        body += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+    return body
+
+
+def test_first_rows_captured_and_the_stream_told_when_to_stop_showing_rows():
+    out = []
+    watching = []
+    t = StatementTracker(out.append, clock=Clock(), capture_rows=2, watch_rows=watching.append)
+    assert watching == [True]
+    D = ord("D")
+    t.query("SELECT ...", ALLOW)
+    t.on_server(D, data_row(b"1", b"a"))
+    assert watching[-1] is True
+    t.on_server(D, data_row(b"2", None))
+    assert watching[-1] is False                  # has its two rows: the rest go by in bulk
+    t.on_server(D, data_row(b"3", b"c"))          # shown anyway (same chunk): ignored
+    t.on_server(C, b"SELECT 3\x00")
+    assert watching[-1] is True                   # the next statement's rows are wanted
+    t.on_server(Z, b"I")
+    t.query("SELECT '\\xff'::bytea", ALLOW)
+    t.on_server(D, data_row(b"\xff"))
+    t.on_server(C, b"SELECT 1\x00")
+    t.on_server(Z, b"I")
+    assert out[0].sample == [["1", "a"], ["2", None]] and out[0].rows == 3
+    assert out[1].sample == [["\\xff"]]
+
+
+def test_rows_not_captured_when_off():
+    out, t = make()
+    t.query("SELECT 1", ALLOW)
+    t.on_server(ord("D"), data_row(b"1"))
+    t.on_server(C, b"SELECT 1\x00")
+    t.on_server(Z, b"I")
+    assert out[0].sample is None

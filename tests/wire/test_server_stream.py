@@ -169,3 +169,31 @@ def test_compiled_walk_rejects_bad_arguments():
 
 def test_scanner_impl_is_reported():
     assert server_stream.SCANNER_IMPL == ("c" if skip_messages_c is not None else "python")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(watched_message, max_size=30), st.lists(st.integers(1, 64), max_size=100))
+def test_watch_rows_shows_data_rows_only_while_on(msgs, cuts):
+    """The hook turns row watching off after the first DataRow and on again at the next
+    CommandComplete: it sees exactly the first DataRow after each (re)start, whatever the chunking."""
+    seen: list[tuple[int, bytes]] = []
+    s = ServerStream(None, None)
+
+    def hook(t, body):
+        seen.append((t, body))
+        s.watch_rows = t != ord("D")
+    s.on_message = hook
+    s.watch_rows = True
+    data = b"".join(msgs)
+    assert feed_in_chunks(s, data, cuts) == data
+    expected, on = [], True
+    for m in msgs:
+        t = m[0]
+        if t == ord("D"):
+            if on:
+                expected.append((t, m[5:]))
+                on = False
+        elif m[:1] in (b"C", b"I", b"s", b"E", b"G", b"H", b"W", b"Z"):
+            expected.append((t, m[5:]))
+            on = True
+    assert seen == expected
