@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:               # `pgwarden replay ... | head`
+        return 0
     except CLIError as e:
         print(f"pgwarden: {e}", file=sys.stderr)
         return 2

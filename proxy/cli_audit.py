@@ -1,8 +1,8 @@
 """The auditor's commands: ``sessions``, ``replay``, ``audit verify`` and ``audit export``.
 
 Job: argument parsing and printing only; the work is in ``proxy/audit``.
-``register(subparsers)`` adds the commands to ``pgwarden``'s parser;
-``main(argv)`` runs them on their own (``python -m proxy.cli_audit``).
+``register(subparsers)`` adds the commands to ``pgwarden``'s parser
+(``proxy.cli``, which runs them).
 
     pgwarden sessions [-c CONFIG] [--dir D] [--grant G] [--user U] [--since T] [--json]
     pgwarden replay SESSION_ID_OR_PATH [-c CONFIG] [--dir D] [--pace] [--all]
@@ -54,26 +54,6 @@ def register(subparsers) -> None:
     _add_sessions(audit_sub.add_parser("sessions", help="list recorded sessions"))
     _add_replay(audit_sub.add_parser("replay", help="replay a recorded session"))
     audit.set_defaults(func=lambda args: _help(audit))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgwarden", description="pgwarden session recordings.")
-    register(p.add_subparsers(metavar="COMMAND"))
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        return args.func(args) or 0
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:               # `pgwarden replay ... | head`
-        return 0
 
 
 def _help(parser) -> int:
@@ -323,7 +303,3 @@ def cmd_export(args) -> int:
     if report.status == "failed":
         return EXIT_FAILED
     return EXIT_UNTERMINATED if report.status == "unterminated" else EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

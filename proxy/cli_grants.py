@@ -19,8 +19,8 @@ Rules:
   ``token``, ``connect``, ``issue`` and ``request --break-glass`` need the rest
   of the config (signing key, audience, listen address).
 
-Registered into the main parser by ``register(subparsers)``; ``main(argv)``
-runs the commands on their own.
+Registered into ``pgwarden``'s parser (``proxy.cli``, which runs the
+commands) by ``register(subparsers)``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from policy.grants import (LIVE, Grant, GrantError, GrantState, apply, check_for
                            format_span)
 from policy.tokens import format_ts, parse_duration
 
-__all__ = ["register", "main", "build_parser", "run_token", "COMMANDS"]
+__all__ = ["register", "run_token", "COMMANDS"]
 
 SYSTEM_ACTOR = "pgwarden"
 COMMANDS = ("request", "approve", "deny", "grants", "grant", "revoke", "end", "token", "connect",
@@ -587,25 +587,3 @@ def _runner(func):
 # For proxy/cli.py's existing `token` command: `pgwarden token ID` can hand over
 # to this (args needs id, config, as_user, json).
 run_token = _runner(cmd_token)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgwarden", description="Just-in-time grants for PostgreSQL access.")
-    register(p.add_subparsers(metavar="COMMAND"))
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return args.func(args) or 0
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
