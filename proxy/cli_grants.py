@@ -32,7 +32,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -89,11 +88,8 @@ class _Ctx:
         if self._main is None:
             from . import config as config_mod
             try:
-                raw = tomllib.loads(self.path.read_text())
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                raise Refused(f"invalid configuration: {self.path}: {e}") from None
-            raw.pop("grants", None)
-            try:
+                raw = config_mod.read_toml(self.path)
+                raw.pop("grants", None)
                 self._main = config_mod.from_dict(raw, base=self.path.resolve().parent, path=self.path)
             except config_mod.ConfigError as e:
                 raise Refused(f"invalid configuration: {e}") from None

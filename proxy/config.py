@@ -101,14 +101,22 @@ _KNOWN = {
 }
 
 
-def load(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The whole TOML document at ``path``; a missing, unreadable or invalid file is a ConfigError."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    raw = read_toml(path)
     return from_dict(raw, base=path.resolve().parent, path=path, env=os.environ if env is None else env)
 
 

@@ -22,13 +22,12 @@ no need of the public keys, the auditor's has no private key): call
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 from ..keys import _KID, load_private_key, load_public_key
 
 __all__ = ["AuditConfig", "FSYNC_POLICIES", "KNOWN_KEYS", "from_table", "load",
@@ -100,13 +99,7 @@ def from_table(table: dict | None, *, base: Path) -> AuditConfig | None:
 def load(path: str | Path) -> AuditConfig | None:
     """Read only the ``[audit]`` section of a config file (for the auditor's tools)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return from_table(raw.get("audit"), base=path.resolve().parent)
+    return from_table(read_toml(path).get("audit"), base=path.resolve().parent)
 
 
 def load_signing_key(cfg: AuditConfig) -> Ed25519PrivateKey:

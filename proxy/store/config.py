@@ -30,7 +30,6 @@ break_glass = true
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 from policy.grants import DEFAULT_POLICIES, GrantPolicy, GrantRules
 from policy.tokens import parse_duration
 
-from ..config import ConfigError
+from ..config import ConfigError, read_toml
 from . import StoreError, sqlite_path
 
 __all__ = ["GrantsConfig", "load_grants_config", "grants_config_from_dict", "GRANTS_KEYS", "POLICY_KEYS"]
@@ -61,15 +60,7 @@ class GrantsConfig:
 def load_grants_config(path: str | Path) -> GrantsConfig:
     """Read ``[grants]`` from the TOML file at ``path``."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return grants_config_from_dict(raw, path=path)
+    return grants_config_from_dict(read_toml(path), path=path)
 
 
 def grants_config_from_dict(raw: dict[str, Any], *, path: Path | None = None,
