@@ -193,27 +193,28 @@ class Chain:
     def line(self, rtype: str, now: float, fields: dict[str, Any]) -> bytes:
         if self.sealed:
             raise ValueError("the recording is sealed: nothing may follow session_end")
+        return self._link(rtype, now, fields)
+
+    def seal(self, now: float, fields: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> bytes:
+        if self.sealed:
+            raise ValueError("the recording is already sealed")
+        data = self._link(SESSION_END, now, fields, signer=(key, key_id))
+        self.sealed = True
+        return data
+
+    def _link(self, rtype: str, now: float, fields: dict[str, Any],
+              signer: tuple[Ed25519PrivateKey, str] | None = None) -> bytes:
+        """Fill in seq/ts/type/prev (and key_id/sig when signing), serialise, advance the chain."""
         self.seq += 1
         fields["seq"] = self.seq
         fields["ts"] = iso_ts(now)
         fields["type"] = rtype
         fields["prev"] = self.prev
+        if signer is not None:
+            key, key_id = signer
+            fields["key_id"] = key_id
+            fields.pop("sig", None)
+            fields["sig"] = sign(fields, key)
         data = canonical(fields)
         self.prev = digest(data)
-        return data + b"\n"
-
-    def seal(self, now: float, fields: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> bytes:
-        if self.sealed:
-            raise ValueError("the recording is already sealed")
-        self.seq += 1
-        fields["seq"] = self.seq
-        fields["ts"] = iso_ts(now)
-        fields["type"] = SESSION_END
-        fields["prev"] = self.prev
-        fields["key_id"] = key_id
-        fields.pop("sig", None)
-        fields["sig"] = sign(fields, key)
-        data = canonical(fields)
-        self.prev = digest(data)
-        self.sealed = True
         return data + b"\n"
