@@ -8,11 +8,15 @@ and builds DSNs: ``proxy.dsn("write")`` (libpq URL, token as password).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -121,6 +125,46 @@ class Proxy:
         env.update(PGHOST=self.host, PGPORT=str(self.port), PGUSER=user, PGDATABASE=DB,
                    PGPASSWORD=token if token is not None else self.token(scope, sub=user), PGSSLMODE="prefer")
         return env
+
+
+@contextlib.contextmanager
+def inprocess_server(config_path: Path, *, loop=None, setup=None):
+    """The real ``ProxyServer`` for the config at ``config_path`` (listen_port 0: any free port),
+    on ``loop`` (default: a new asyncio loop) in a thread of this process; yields the server
+    (``server.port``) and shuts it down afterwards. ``setup(server)`` runs on the loop before
+    the server starts listening."""
+    from proxy import config as config_mod
+    from proxy.net.server import ProxyServer
+
+    loop = asyncio.new_event_loop() if loop is None else loop
+    cfg = dataclasses.replace(config_mod.load(config_path), listen_port=0)
+    ready = threading.Event()
+    box: dict = {}
+
+    def run():
+        asyncio.set_event_loop(loop)
+
+        async def main():
+            server = ProxyServer(cfg, loop)
+            if setup is not None:
+                setup(server)
+            await server.start()
+            box["server"] = server
+            ready.set()
+            await server.stopped.wait()
+
+        loop.run_until_complete(main())
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    assert ready.wait(20), "the in-process ProxyServer did not start"
+    server = box["server"]
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(20)
+        th.join(20)
+        loop.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,13 @@ PostgreSQL) with the classifier and the policy gate wrapped in counters:
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import threading
 from collections import Counter
 
 import psycopg
 import pytest
 from psycopg import errors as E
 
-from proxy import config as config_mod
-from proxy.net.server import ProxyServer
+from tests.integration.conftest import inprocess_server
 
 pytestmark = pytest.mark.integration
 
@@ -39,40 +35,19 @@ def inproc(proxy, monkeypatch):
         return real_classify(text, **kw)
 
     monkeypatch.setattr(judge_mod, "classify", counting_classify)
-    cfg = dataclasses.replace(config_mod.load(proxy.config_path), listen_port=0)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box = {}
+    judged: Counter = Counter()
 
-    def run():
-        asyncio.set_event_loop(loop)
+    def count_judgements(server):
+        real = server.gate.judge_fn
 
-        async def main():
-            server = ProxyServer(cfg, loop)
-            judged: Counter = Counter()
-            real = server.gate.judge_fn
+        def counting_judge(text, scope, prepared):
+            judged[text] += 1
+            return real(text, scope, prepared)
 
-            def counting_judge(text, scope, prepared):
-                judged[text] += 1
-                return real(text, scope, prepared)
+        server.gate.judge_fn = counting_judge
 
-            server.gate.judge_fn = counting_judge
-            await server.start()
-            box.update(server=server, judged=judged)
-            ready.set()
-            await server.stopped.wait()
-
-        loop.run_until_complete(main())
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    assert ready.wait(20)
-    server = box["server"]
-    yield server, box["judged"], parsed
-    fut = asyncio.run_coroutine_threadsafe(server.shutdown(), loop)
-    fut.result(20)
-    th.join(20)
-    loop.close()
+    with inprocess_server(proxy.config_path, setup=count_judgements) as server:
+        yield server, judged, parsed
 
 
 def _dsn(proxy, server, scope="read"):

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import socket
 import struct
@@ -27,8 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy import config as config_mod
-from tests.integration.conftest import _make_proxy
+from tests.integration.conftest import _make_proxy, inprocess_server
 from tests.integration.rawpg import login, msg
 
 pytestmark = pytest.mark.integration
@@ -89,33 +87,12 @@ def test_serve_works_on_the_default_loop(pg, scope_roles, proxy_assets, tmp_path
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
 def test_tcp_nodelay_on_both_legs(proxy, loop_kind):
-    from proxy.net.server import ProxyServer
-
     if loop_kind == "uvloop":
         uvloop = pytest.importorskip("uvloop")
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
-    cfg = dataclasses.replace(config_mod.load(proxy.config_path), listen_port=0)
-    box: dict = {}
-    ready = threading.Event()
-
-    def run():
-        asyncio.set_event_loop(loop)
-
-        async def main():
-            server = ProxyServer(cfg, loop)
-            await server.start()
-            box["server"] = server
-            ready.set()
-            await server.stopped.wait()
-        loop.run_until_complete(main())
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    assert ready.wait(20)
-    server = box["server"]
-    try:
+    with inprocess_server(proxy.config_path, loop=loop) as server:
         dsn = proxy.dsn("read").replace(f":{proxy.port}/", f":{server.port}/")
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             assert conn.execute("select 1").fetchone() == (1,)
@@ -129,10 +106,6 @@ def test_tcp_nodelay_on_both_legs(proxy, loop_kind):
                 return out
             got = asyncio.run_coroutine_threadsafe(options(), loop).result(10)
         assert got and len(got) == 2 and all(got), got
-    finally:
-        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(20)
-        th.join(20)
-        loop.close()
 
 
 # =========================================================================== backpressure
