@@ -68,11 +68,19 @@ class Env:
         return self.json("request", "--db", DB, "--scope", scope, "--for", duration, "--reason", "INC-7 fix orders",
                          "--as", user, *extra)["id"]
 
+    def psql_env(self, token: str, user: str = "alice") -> dict[str, str]:
+        return dict(os.environ, PGHOST=self.proxy.host, PGPORT=str(self.proxy.port), PGUSER=user, PGDATABASE=DB,
+                    PGPASSWORD=token, PGSSLMODE="require")
+
     def psql(self, token: str, sql: str = "select current_user", user: str = "alice") -> subprocess.CompletedProcess:
-        env = dict(os.environ, PGHOST=self.proxy.host, PGPORT=str(self.proxy.port), PGUSER=user, PGDATABASE=DB,
-                   PGPASSWORD=token, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
-        return subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], env=env,
+        return subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                              env=dict(self.psql_env(token, user), PGCONNECT_TIMEOUT="10"),
                               capture_output=True, text=True, timeout=60)
+
+    def sleeping_psql(self, token: str) -> subprocess.Popen:
+        """psql running ``select pg_sleep(30)`` through the proxy, in the background."""
+        return subprocess.Popen(["psql", "-X", "-At", "-c", "select pg_sleep(30)"], env=self.psql_env(token),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +162,7 @@ def test_revocation_cuts_a_live_session(env):
     gid = env.request()
     env.cli("approve", gid, "--as", "bob")
     token = env.json("token", gid, "--as", "alice")["token"]
-    env_vars = dict(os.environ, PGHOST=env.proxy.host, PGPORT=str(env.proxy.port), PGUSER="alice", PGDATABASE=DB,
-                    PGPASSWORD=token, PGSSLMODE="require")
-    live = subprocess.Popen(["psql", "-X", "-At", "-c", "select pg_sleep(30)"], env=env_vars,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    live = env.sleeping_psql(token)
     try:
         time.sleep(1.0)                            # the session is in the relay, the statement running
         assert live.poll() is None
@@ -177,10 +182,7 @@ def test_revocation_cuts_a_live_session(env):
 def test_early_end_cuts_a_live_session_and_frees_the_backend(env, admin):
     gid = env.request(scope="read")                 # auto-approved
     token = env.json("token", gid, "--as", "alice")["token"]
-    env_vars = dict(os.environ, PGHOST=env.proxy.host, PGPORT=str(env.proxy.port), PGUSER="alice", PGDATABASE=DB,
-                    PGPASSWORD=token, PGSSLMODE="require")
-    live = subprocess.Popen(["psql", "-X", "-At", "-c", "select pg_sleep(30)"], env=env_vars,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    live = env.sleeping_psql(token)
     tag = f"%{gid}%"
     try:
         deadline = time.monotonic() + 10

@@ -347,13 +347,7 @@ def test_nul_inside_parse_is_refused(proxy):
 ], ids=["ff", "truncated", "surrogate", "overlong-comment"])
 def test_invalid_utf8_in_query_is_an_error(proxy, raw):
     with raw_session(proxy, "read", timeout=SESSION_TIMEOUT) as s:
-        s.sendall(query(raw))
-        data, closed = read_to_eof(s, 3)
-        msgs = split_msgs(data)
-        errs = [fields(b) for t, b in msgs if t == b"E"]
-        assert errs, (data, closed)
-        assert errs[0]["C"] in {"22021", "08P01", "42501"}, errs
-        assert not any(t == b"D" for t, _ in msgs), msgs
+        msgs, closed = _invalid_text_refused(s, query(raw))
         if not closed:          # an ERROR, not FATAL: the session goes on
             assert msgs[-1][0] == b"Z", msgs
             assert first_value(simple_query(s, "select 8")) == "8"
@@ -362,13 +356,20 @@ def test_invalid_utf8_in_query_is_an_error(proxy, raw):
 @pytest.mark.parametrize("raw", [b"SELECT '\xff'", b"SELECT '\xed\xb0\x80'"])
 def test_invalid_utf8_in_parse_is_an_error(proxy, raw):
     with raw_session(proxy, "read", timeout=SESSION_TIMEOUT) as s:
-        s.sendall(parse_msg(raw) + bind_execute_sync())
-        data, closed = read_to_eof(s, 3)
-        msgs = split_msgs(data)
-        errs = [fields(b) for t, b in msgs if t == b"E"]
-        assert errs, (data, closed)
-        assert errs[0]["C"] in {"22021", "08P01", "42501"}, errs
-        assert not any(t == b"D" for t, _ in msgs), msgs
+        _invalid_text_refused(s, parse_msg(raw) + bind_execute_sync())
+
+
+def _invalid_text_refused(s, messages: bytes) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Send ``messages`` (text that is not UTF-8); the answer is an error and no row.
+    Returns (what came back within 3 s, whether the server closed)."""
+    s.sendall(messages)
+    data, closed = read_to_eof(s, 3)
+    msgs = split_msgs(data)
+    errs = [fields(b) for t, b in msgs if t == b"E"]
+    assert errs, (data, closed)
+    assert errs[0]["C"] in {"22021", "08P01", "42501"}, errs
+    assert not any(t == b"D" for t, _ in msgs), msgs
+    return msgs, closed
 
 
 # =========================================================================== statement count
