@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy import tokens
 from policy.cache import ClassificationCache
 from policy.sql.classify import classify
-from policy.sql.masked import masked_key, masked_key_portable
+from policy.sql.masked import masked_key_c, masked_key_ctypes, masked_key_portable
 from proxy.session.judge import Judge
 
 MASKED_TARGET_S = 10e-6
@@ -91,8 +91,12 @@ def test_judge_exact_hit(benchmark):
     assert benchmark(judge, sql, "write", {}).allowed
 
 
-@pytest.mark.parametrize("impl", [masked_key, masked_key_portable], ids=["fast", "pglast.scan"])
-@pytest.mark.parametrize("shape", ["select", "insert"])
+KEYS = [pytest.param(f, id=name) for name, f in (("c", masked_key_c), ("ctypes", masked_key_ctypes),
+                                                 ("pglast.scan", masked_key_portable)) if f is not None]
+
+
+@pytest.mark.parametrize("impl", KEYS)
+@pytest.mark.parametrize("shape", list(SHAPES))
 def test_masked_key(benchmark, impl, shape):
     sql = SHAPES[shape].format(12345)
     assert benchmark(impl, sql) is not None

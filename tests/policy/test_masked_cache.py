@@ -21,7 +21,10 @@ from policy.decision import decide
 from policy.scopes import DEFAULT_SCOPES
 from policy.sql import masked
 from policy.sql.classify import StatementClass, classify
-from policy.sql.masked import masked_key, masked_key_portable
+from policy.sql.masked import masked_key, masked_key_c, masked_key_ctypes, masked_key_portable
+
+FAST_KEYS = [pytest.param(f, id=name) for name, f in (("c", masked_key_c), ("ctypes", masked_key_ctypes))
+             if f is not None]
 from tests.policy.test_classify import MULTI, ROWS
 from tests.policy.test_classify_clients import CLIENTS
 
@@ -242,6 +245,8 @@ def test_key_keeps_kinds_identifiers_and_parameters():
 def test_no_key(sql):
     assert masked_key(sql) is None
     assert masked_key_portable(sql) is None
+    for fast in (masked_key_c, masked_key_ctypes):
+        assert fast is None or fast(sql) is None
 
 
 def test_uescape_cannot_smuggle_a_function_name():
@@ -254,11 +259,26 @@ def test_uescape_cannot_smuggle_a_function_name():
     assert classify(hostile).statements[0].statement_class is C.ADMIN
 
 
-def test_fast_key_equals_portable_key_over_the_corpus():
-    if masked.KEY_IMPL != "libpg_query":
-        pytest.skip("pglast does not export libpg_query's scanner here")
-    for sql in CORPUS + [s + " /* c */ 'é'" for s in CORPUS[:50]]:
-        assert masked_key(sql) == masked_key_portable(sql), sql
+@pytest.mark.parametrize("fast", FAST_KEYS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="pglast does not export libpg_query's scanner here"))])
+def test_fast_key_equals_portable_key_over_the_corpus(fast):
+    for sql in CORPUS + [s + " /* c */ 'é'" for s in CORPUS[:50]] + [s + " float(3) 1" for s in CORPUS[:20]]:
+        assert fast(sql) == masked_key_portable(sql), sql
+
+
+@pytest.mark.parametrize("fast", FAST_KEYS or [pytest.param(None, marks=pytest.mark.skip(
+    reason="pglast does not export libpg_query's scanner here"))])
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["SELECT", "float", "FLOAT", "(", ")", "1", "2.5", "'x'", "$$y$$", "E'\\n'",
+                                 "B'1'", "X'F'", "-- c\n", "/* d */", "U&'a'", "UESCAPE", "$1", "a", "\"q\"",
+                                 ",", "é", "'", "\n", " "]), max_size=30).map(" ".join))
+def test_fast_key_equals_portable_key_on_token_soup(fast, sql):
+    assert fast(sql) == masked_key_portable(sql)
+
+
+def test_the_fastest_available_key_is_used():
+    assert masked.KEY_IMPL == ("c" if masked_key_c else "ctypes" if masked_key_ctypes else "pglast.scan")
+    assert masked_key is (masked_key_c or masked_key_ctypes or masked_key_portable)
 
 
 # --------------------------------------------------------------------------- masked hit == uncached
