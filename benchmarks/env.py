@@ -75,12 +75,24 @@ def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = No
 
 
 def rss_kb(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    """Resident set size of ``pid`` and its child processes (``serve --workers``) in KiB (VmRSS)."""
+    total = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+                total = int(line.split()[1])
+                break
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total += rss_kb(int(child))
+            except OSError:
+                pass
+    return total
 
 
 def pgbouncer_path() -> str | None:

@@ -231,8 +231,10 @@ def run(args) -> Results:
         f"about {estimate / 60:.0f} min after setup")
     t_start = time.monotonic()
     with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
-                  pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec) as env:
+                  pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec,
+                  workers=args.workers) as env:
         res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
+                    "workers": args.workers,
                     "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                     "pgwarden": {"scope": "write", "policy": "on", "recording": env.recording, "tls": "offered",
                                  "upstream": "TCP 127.0.0.1, no TLS"},
@@ -396,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-expiry", dest="expiry", action="store_false",
                     help="skip the deadline-to-cut lag run (benchmarks/expiry_lag.py)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s x 1, 100 idle sessions")
+    ap.add_argument("--workers", type=int, default=1, help="pgwarden worker processes (serve --workers)")
     ap.add_argument("--no-pgbouncer", action="store_true")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install pgbouncer when missing")
     ap.add_argument("--no-record", action="store_true", help="pgwarden without session recording")
