@@ -310,3 +310,25 @@ def test_masked_hit_equals_uncached_classification(sql, data):
     except UnicodeEncodeError:
         return
     _check_masked_hit_equals_uncached(sql, varied)
+
+
+def test_rules_read_literal_values_only_through_the_context():
+    """A rule that read a literal with const_text() directly would escape Context.literals_read."""
+    import ast as pyast
+    from pathlib import Path
+
+    import importlib
+
+    classify_mod = importlib.import_module("policy.sql.classify")
+    rules_mod = importlib.import_module("policy.sql.rules")
+    allowed = {("rules.py", "literal"), ("rules.py", "_explain_analyzes")}   # both mark the context first
+    found = set()
+    for mod in (rules_mod, classify_mod):
+        path = Path(mod.__file__)
+        tree = pyast.parse(path.read_text())
+        for fn in pyast.walk(tree):
+            if isinstance(fn, pyast.FunctionDef):
+                for node in pyast.walk(fn):
+                    if isinstance(node, pyast.Call) and getattr(node.func, "id", None) == "const_text":
+                        found.add((path.name, fn.name))
+    assert found <= allowed, found - allowed
