@@ -10,7 +10,7 @@ then runs each workload on each path, interleaved (direct, PgBouncer,
 pgwarden, direct, PgBouncer, pgwarden ...) and repeated, and prints the median
 of each and the ratios pgwarden/direct and pgwarden/PgBouncer, with the
 issue's targets.  These machines are noisy: only ratios measured in the same
-run mean anything.  The default run (4 s x 3 repeats) takes about 10 minutes.
+run mean anything.  The default run (4 s x 3 repeats) takes about 9 minutes.
 
 Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
 and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
@@ -68,8 +68,8 @@ def _workloads() -> list[Workload]:
                                 target=("pgbouncer", 0.9 if c == 8 else 0.8), norec=c == 8))
     out.append(Workload("tpcb-c8", "TPC-B (default script, -M simple)", ("-M", "simple"), 8,
                         target=("pgbouncer", 0.9), norec=True))
-    out.append(Workload("rows10k-c4", "10,000-row result (-M prepared)", ("-M", "prepared"), 4, script=True,
-                        target=("pgbouncer", 1.2), norec=True))
+    out.append(Workload("rows10k-c4", "10,000-row result, queries/s (-M prepared)", ("-M", "prepared"), 4,
+                        script=True, target=("pgbouncer", 1.2), norec=True))
     out.append(Workload("churn-c8", "connection churn -C (-S, no TLS)", ("-S", "-C", "-M", "simple"), 8,
                         target=("direct", 0.7)))
     out.append(Workload("churn-tls-c8", "connection churn -C (-S, TLS on every path)", ("-S", "-C", "-M", "simple"),
@@ -292,8 +292,7 @@ def table(res: Results) -> str:
             r = rb if against == "pgbouncer" else rd
             goal = f"≥ {minimum} of {'PgBouncer' if against == 'pgbouncer' else 'direct'}"
             met = "n/a" if r is None else ("yes" if r >= minimum else "**no**")
-        unit = " TPS" if w.script else ""
-        rows.append(f"| {w.label} | {w.clients} | {_fmt(d)}{unit} | {_fmt(b)} | {_fmt(p)} | {_fmt(rd, '.2f')} | "
+        rows.append(f"| {w.label} | {w.clients} | {_fmt(d)} | {_fmt(b)} | {_fmt(p)} | {_fmt(rd, '.2f')} | "
                     f"{_fmt(rb, '.2f')} | {goal} | {met} |")
         if w.script and res.rows_bytes:
             mb = [None if x is None else x * res.rows_bytes / 1e6 for x in (d, b, p)]
