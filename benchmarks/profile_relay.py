@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1)
         log(f"sampling pgwarden (pid {env.pgwarden.pid}) for {args.duration} s under {w.key}")
         subprocess.run([spy, "record", "--pid", str(env.pgwarden.pid), "--duration", str(args.duration),
-                        "--rate", str(args.rate), *(["--nonblocking"] if args.nonblocking else []), *(["--native"] if args.native else []),
-                        "--format", "raw", "-o", str(raw)],
+                        "--rate", str(args.rate), *(["--nonblocking"] if args.nonblocking else []),
+                        *(["--native"] if args.native else []), "--format", "raw", "-o", str(raw)],
                        check=True, capture_output=True)
         stdout, _ = bench.communicate()
         tps = re.search(r"^tps = ([\d.]+)", stdout, re.M)
