@@ -106,15 +106,22 @@ def digest(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
+_ts_second: tuple[int, str] = (-1, "")   # the last whole second formatted: (second, "YYYY-MM-DDTHH:MM:SS")
+
+
 def iso_ts(t: float) -> str:
     """Epoch seconds -> ``2025-01-02T03:04:05.123456Z`` (UTC, microseconds)."""
     whole = int(t // 1)
     micro = int(round((t - whole) * 1_000_000))
     if micro >= 1_000_000:
         whole, micro = whole + 1, micro - 1_000_000
-    g = time.gmtime(whole)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
-        g.tm_year, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec, micro)
+    global _ts_second
+    second, prefix = _ts_second
+    if second != whole:
+        g = time.gmtime(whole)
+        prefix = "%04d-%02d-%02dT%02d:%02d:%02d" % (g.tm_year, g.tm_mon, g.tm_mday, g.tm_hour, g.tm_min, g.tm_sec)
+        _ts_second = (whole, prefix)       # one assignment: threads see a consistent pair
+    return "%s.%06dZ" % (prefix, micro)
 
 
 _ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z")
