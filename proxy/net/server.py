@@ -66,8 +66,12 @@ class ProxyServer:
             self.grants.start()
         if cfg.metrics_listen is not None:
             from .. import metrics
-            self.metrics_port = metrics.start_metrics_server(cfg.metrics_listen)
-            log.info("metrics_listening", listen=cfg.metrics_listen, port=self.metrics_port)
+            try:
+                self.metrics_port = metrics.start_metrics_server(cfg.metrics_listen)
+            except OSError as e:         # metrics are not worth refusing service for: say so loudly
+                log.error("metrics_listen_failed", listen=cfg.metrics_listen, error=e.strerror or str(e))
+            else:
+                log.info("metrics_listening", listen=cfg.metrics_listen, port=self.metrics_port)
         socks = self._server.sockets
         self.port = socks[0].getsockname()[1] if socks else cfg.listen_port
         log.info("listening", host=cfg.listen_host, port=self.port, tls=self.tls_context is not None)

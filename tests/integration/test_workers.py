@@ -120,9 +120,18 @@ def test_each_worker_serves_its_own_metrics_port(start_proxy):
 
     from .conftest import free_port
 
-    base = free_port()
+    import socket
+
+    while True:                                   # two free ports in a row
+        base = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", base + 1))
+                break
+            except OSError:
+                continue
     p = start_proxy(server={"workers": 2, "metrics_listen": f"127.0.0.1:{base}"})
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     bodies = {}
     while len(bodies) < 2:
         for port in (base, base + 1):
