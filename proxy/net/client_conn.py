@@ -539,7 +539,7 @@ class ClientConn(asyncio.Protocol):
             rec.copy(st.copy_direction, st.copy_bytes, st.rows)
         rec.statement(text=st.text, params=st.params, statement_class=v.statement_class if v else "admin",
                       decision="denied" if denied else "allowed", rule=v.rule if v else None,
-                      started=st.started, duration=round(ended - st.started, 6), tag=st.tag, rows=st.rows,
+                      started=st.started, duration=ended - st.started, tag=st.tag, rows=st.rows,
                       sqlstate=sqlstate, message=message, via=st.via, rows_sample=st.sample)
 
     def _on_recording_failed(self, error: str) -> None:

@@ -183,36 +183,57 @@ def decode_close(buf, start: int, end: int) -> tuple[str, str]:
     return chr(buf[start]), name
 
 
+_U16 = struct.Struct("!H")
+_I32 = struct.Struct("!i")
+
+
 def decode_bind(buf, start: int, end: int) -> tuple[str, str, list[tuple[bytes | None, bool]]]:
     """Bind: (portal, statement, [(value or None for NULL, binary?)]) -- for the recording."""
-    portal, pos = _cstring(buf, start, end, ClientProtocolError, "Bind portal name")
-    statement, pos = _cstring(buf, pos, end, ClientProtocolError, "Bind statement name")
+    err = ClientProtocolError
+    if start < end and buf[start] == 0:          # the unnamed portal, as nearly every driver sends
+        portal, pos = "", start + 1
+    else:
+        portal, pos = _cstring(buf, start, end, err, "Bind portal name")
+    if pos < end and buf[pos] == 0:
+        statement, pos = "", pos + 1
+    else:
+        statement, pos = _cstring(buf, pos, end, err, "Bind statement name")
     try:
-        (nfmt,) = struct.unpack_from("!H", buf, pos)
-        formats = struct.unpack_from(f"!{nfmt}H", buf, pos + 2)
-        pos += 2 + 2 * nfmt
-        (nparams,) = struct.unpack_from("!H", buf, pos)
+        (nfmt,) = _U16.unpack_from(buf, pos)
+        pos += 2
+        if nfmt == 0:
+            fmt_all = 0
+        elif nfmt == 1:
+            (fmt_all,) = _U16.unpack_from(buf, pos)
+        else:
+            fmt_all = -1
+            formats = struct.unpack_from(f"!{nfmt}H", buf, pos)
+        pos += 2 * nfmt
+        (nparams,) = _U16.unpack_from(buf, pos)
         pos += 2
         params: list[tuple[bytes | None, bool]] = []
+        unpack = _I32.unpack_from
         for i in range(nparams):
-            (size,) = struct.unpack_from("!i", buf, pos)
+            (size,) = unpack(buf, pos)
             pos += 4
-            binary = bool(formats[i] if nfmt > 1 else formats[0] if nfmt == 1 else 0)
+            binary = bool(fmt_all if fmt_all >= 0 else formats[i])
             if size < 0:
                 params.append((None, binary))
                 continue
             if pos + size > end:
-                raise ClientProtocolError("Bind message: parameter runs past the end of the message")
+                raise err("Bind message: parameter runs past the end of the message")
             params.append((bytes(buf[pos:pos + size]), binary))
             pos += size
     except (struct.error, IndexError):
-        raise ClientProtocolError("Bind message: truncated parameter list") from None
+        raise err("Bind message: truncated parameter list") from None
     if pos > end:
-        raise ClientProtocolError("Bind message: parameter list runs past the end of the message")
+        raise err("Bind message: parameter list runs past the end of the message")
     return portal, statement, params
 
 
 def decode_execute(buf, start: int, end: int) -> str:
     """Execute: the portal name."""
+    if start < end and buf[start] == 0:
+        return ""
     name, _ = _cstring(buf, start, end, ClientProtocolError, "Execute portal name")
     return name
