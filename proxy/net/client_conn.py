@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import secrets
 import socket
 import ssl
 import struct
@@ -41,6 +40,7 @@ from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
 from .. import metrics
+from ..audit.writer import new_session_id
 from ..session.track import Statement, StatementTracker
 from .grant_watch import GrantRefused
 from .tls import MemoryTLS
@@ -804,11 +804,6 @@ class ClientConn(asyncio.Protocol):
 
 class _Stop(Exception):
     pass
-
-
-def new_session_id(now: float) -> str:
-    """``20250102T030405-1a2b3c4d5e6f``: sortable by start time, unique, safe in a file name."""
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(6)
 
 
 def _human(seconds: float) -> str:
