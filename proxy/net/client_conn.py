@@ -35,7 +35,7 @@ from policy.startup import StartupRefused, filter_startup
 
 from ..wire import constants as c
 from ..wire import decode, encode
-from ..wire.errors import ClientProtocolError, ProtocolError, ServerProtocolError
+from ..wire.errors import ClientProtocolError, ProtocolError
 from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
