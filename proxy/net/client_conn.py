@@ -545,8 +545,8 @@ class ClientConn(asyncio.Protocol):
     def _on_recording_failed(self, error: str) -> None:
         """The recording cannot be written: fail closed, the session does not go on unrecorded."""
         metrics.recording_failed()
-        self.loop.call_soon(self.cut, f"the session recording could not be written ({error})",
-                            reason="recording_failed")
+        message = f"the session recording could not be written ({error})"
+        self.loop.call_soon(lambda: self.cut(message, reason="recording_failed"))
 
     def _end_recording(self) -> None:
         rec, tracker = self.recorder, self.tracker

@@ -247,3 +247,24 @@ def test_rows_not_captured_by_default(proxy):
         conn.execute("SELECT 1").fetchall()
     recs = records(recording_of(proxy, grant), "statement")
     assert recs and all("rows_sample" not in r for r in recs)
+
+
+def test_session_is_cut_when_its_recording_cannot_be_written(start_proxy):
+    """Fail closed: nothing runs unrecorded. The day's directory is made unusable (a file where
+    the directory should be; root ignores permission bits, not this)."""
+    p = start_proxy()
+    day = p.workdir / "recordings" / time.strftime("%Y-%m-%d", time.gmtime())
+    if day.is_dir():
+        pytest.skip("the day's recordings directory already exists")
+    day.parent.mkdir(exist_ok=True)
+    day.write_text("not a directory")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="recording could not be written"):
+            with psycopg.connect(p.dsn("read"), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+                time.sleep(0.5)
+                conn.execute("SELECT 2")
+    finally:
+        day.unlink()
+    with psycopg.connect(p.dsn("read"), autocommit=True) as conn:       # the disk is back: sessions work
+        assert conn.execute("SELECT 3").fetchone() == (3,)
