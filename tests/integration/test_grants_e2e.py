@@ -357,3 +357,27 @@ def test_report_on_a_known_data_set(env):
     assert "median 2m, p95 15m" in text and "median 5m" in text and "grants never used: 3" in text
     assert "break-glass awaiting review: 1" in text
     assert env.json("report", "--config", str(cfg), "--since", "1h")["grants"] == 0
+
+
+def test_store_that_cannot_answer_refuses_the_connection(start_proxy):
+    """Fail closed: the proxy cannot vouch for a grant it cannot read."""
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
+    rules = load_grants_config(p.config_path).rules
+    db = p.config_path.parent / "grants.db"
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
+                                       reason="store test", now=time.time()))
+        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
+    token = p.token("read", jti=g.id)
+    import psycopg
+    with psycopg.connect(p.dsn("read", token=token), autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    for f in (db, db.with_name("grants.db-wal"), db.with_name("grants.db-shm")):
+        if f.exists():
+            f.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(psycopg.OperationalError, match="grant store is unavailable"):
+        psycopg.connect(p.dsn("read", token=token), connect_timeout=10)
