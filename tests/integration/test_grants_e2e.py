@@ -381,3 +381,26 @@ def test_store_that_cannot_answer_refuses_the_connection(start_proxy):
             f.write_bytes(b"this is not a database" * 100)
     with pytest.raises(psycopg.OperationalError, match="grant store is unavailable"):
         psycopg.connect(p.dsn("read", token=token), connect_timeout=10)
+
+
+def test_session_ends_at_the_grant_end_when_the_token_outlives_it(start_proxy):
+    """The deadline is the sooner of the token's exp and the grant's end."""
+    import psycopg
+
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
+    rules = load_grants_config(p.config_path).rules
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=2.5,
+                                       reason="short grant", now=time.time()))
+        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
+    conn = psycopg.connect(p.dsn("read", token=p.token("read", jti=g.id, ttl=3600)), autocommit=True)
+    try:
+        with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} expired at"):
+            conn.execute("SELECT pg_sleep(10)")
+        assert time.time() - g.expires_at < 1.5
+    finally:
+        conn.close()
