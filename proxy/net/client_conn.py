@@ -385,7 +385,7 @@ class ClientConn(asyncio.Protocol):
         metrics.session_started()
         self.live = True
         if self.server.recorders is not None:
-            self._start_recording(result)
+            self._start_recording()
         if leftover:
             self.on_server_data(leftover)
         self.resume_client_reading()
@@ -500,7 +500,7 @@ class ClientConn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ recording
 
-    def _start_recording(self, login) -> None:
+    def _start_recording(self) -> None:
         claims = self.claims
         acfg = self.cfg.audit
         self.recorder = rec = self.server.recorders.open(grant=claims.jti, session_id=self.session_id,
@@ -521,9 +521,11 @@ class ClientConn(asyncio.Protocol):
         self.stream.watch_rows = on
 
     def _record_statement(self, st: Statement) -> None:
-        rec = self.recorder
-        if rec is None:
-            return
+        if self.recorder is not None:
+            self._write_statement(self.recorder, st)
+
+    @staticmethod
+    def _write_statement(rec, st: Statement) -> None:
         v = st.verdict
         message, sqlstate = st.message, st.sqlstate
         if v is not None:
@@ -553,11 +555,8 @@ class ClientConn(asyncio.Protocol):
         self.recorder = self.tracker = None
         if tracker is not None:
             self.stream.on_message = None
-            for st in tracker.pending():
-                st.ended = None
-                self.recorder = rec
-                self._record_statement(st)
-                self.recorder = None
+            for st in tracker.pending():          # sent, never answered: recorded as interrupted
+                self._write_statement(rec, st)
         extra = {"lag_ms": self.cut_lag} if self.cut_lag is not None else {}
         rec.end(self.end_reason, **extra)
 
