@@ -51,7 +51,6 @@ class GrantWatch:
 
         self.server = server
         self.loop = server.loop
-        self.config = grants_config
         self.store = open_store(grants_config.store_url, base=grants_config.base)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pgwarden-store")
         self._stop = threading.Event()
