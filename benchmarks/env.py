@@ -160,6 +160,7 @@ class BenchEnv:
     install: bool = True
     workers: int = 1
     norec: bool = False
+    bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
 
     def __post_init__(self) -> None:
@@ -168,6 +169,7 @@ class BenchEnv:
         self.pgwarden: Proc | None = None
         self.pgwarden_norec: Proc | None = None
         self.bouncer: Proc | None = None
+        self.bare_relay: Proc | None = None
         self.role = self.password = ""
         self.token = ""
         self.recording = False
@@ -214,6 +216,8 @@ class BenchEnv:
         self.pgwarden = self._start_pgwarden(roles, kp, "pgwarden", self.recording)
         if self.norec and self.recording:
             self.pgwarden_norec = self._start_pgwarden(roles, kp, "pgwarden-norec", False)
+        if self.bare:
+            self._start_bare_relay()
         if self.pgbouncer:
             exe = ensure_pgbouncer(self.install)
             if exe:
@@ -270,6 +274,16 @@ class BenchEnv:
         self.procs.append(proc)
         wait_port(port, proc=popen, what=name)
         return proc
+
+    def _start_bare_relay(self) -> None:
+        port = free_port()
+        log_path = self.work / "bare-relay.log"
+        popen = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
+                                  "--upstream", f"127.0.0.1:{self.pg.port}"], stdout=subprocess.DEVNULL,
+                                 stderr=open(log_path, "wb"), cwd=str(ROOT))
+        self.bare_relay = Proc("bare-relay", popen, popen.pid, port, log_path)
+        self.procs.append(self.bare_relay)
+        wait_port(port, proc=popen, what="bare relay")
 
     def mint(self, ttl: float = 24 * 3600) -> str:
         return mint(self.private_key, kid=self.kid, sub=USER, db=DB, scope=SCOPE, audience="pgwarden",
@@ -338,6 +352,8 @@ pidfile = {d}/pgbouncer.pid
         if self.pgwarden_norec is not None:
             out["pgwarden-norec"] = dict(base, PGPORT=str(self.pgwarden_norec.port), PGUSER=USER,
                                          PGPASSWORD=self.token)
+        if self.bare_relay is not None:             # logs in upstream as the direct path does, through it
+            out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
         return out
 
     def versions(self) -> dict[str, str]:

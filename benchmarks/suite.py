@@ -40,6 +40,7 @@ from benchmarks.env import DB, BenchEnv, log, pgbench_path, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
+BARE = "bare-relay"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Workload:
     tls: bool = False
     script: bool = False            # the 10,000-row custom script
     target: tuple[str, float] | None = None   # ("pgbouncer" | "direct", minimum pgwarden/that ratio)
-    norec: bool = False             # also measure pgwarden with recording off (--norec)
+    norec: bool = False             # also measure pgwarden with recording off (--norec) and the bare relay
 
     def pgbench_args(self, duration: int, script_path: Path | None) -> list[str]:
         args = ["-n", *self.args, "-c", str(self.clients), "-j", str(min(self.clients, 2)), "-T", str(duration)]
@@ -224,7 +225,7 @@ def run(args) -> Results:
     res = Results()
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
     per_run = args.duration + 1.5
-    extra = sum(w.norec for w in selected) if args.norec else 0
+    extra = sum(w.norec for w in selected) * (int(args.norec) + int(args.bare))
     estimate = ((len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
                 + (40 if args.expiry else 0))
     log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
@@ -232,7 +233,7 @@ def run(args) -> Results:
     t_start = time.monotonic()
     with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
                   pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec,
-                  workers=args.workers) as env:
+                  bare=args.bare, workers=args.workers) as env:
         res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
                     "workers": args.workers,
                     "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -250,8 +251,9 @@ def run(args) -> Results:
             res.idle = idle_sessions(env, args.idle)
         for w in selected:
             targets = env.targets(tls=w.tls)
-            if not w.norec:
+            if not w.norec or w.tls:
                 targets.pop(NOREC, None)
+                targets.pop(BARE, None)
             pg_args = w.pgbench_args(args.duration, script)
             res.meta["commands"][w.key] = "pgbench " + " ".join(
                 a if a != str(script) else "rows10k.sql" for a in pg_args)
@@ -315,17 +317,23 @@ def table(res: Results) -> str:
 
 
 def norec_table(res: Results) -> str:
-    """pgwarden with and without recording, where both were measured."""
-    rows = ["| workload | -c | PgBouncer | pgwarden, recording on | pgwarden, recording off | on/PgBouncer | "
-            "off/PgBouncer |", "|---|---|---|---|---|---|---|"]
-    for w in WORKLOADS:
-        off = res.median(w.key, NOREC)
-        if off is None:
-            continue
-        b, p = res.median(w.key, "pgbouncer"), res.median(w.key, "pgwarden")
-        rows.append(f"| {w.label} | {w.clients} | {_fmt(b)} | {_fmt(p)} | {_fmt(off)} | {_fmt(_ratio(p, b), '.2f')} | "
-                    f"{_fmt(_ratio(off, b), '.2f')} |")
-    return "\n".join(rows) if len(rows) > 2 else ""
+    """What each layer costs, where measured: a bare Python relay (no parsing), pgwarden with
+    recording off (policy on), pgwarden as run (recording on), each as a ratio to PgBouncer."""
+    measured = [w for w in WORKLOADS if res.median(w.key, BARE) is not None or res.median(w.key, NOREC) is not None]
+    cols = [(k, label, short) for k, label, short in (
+        (BARE, "bare Python relay", "bare"), (NOREC, "pgwarden, recording off", "off"),
+        ("pgwarden", "pgwarden, recording on", "on")) if any(res.median(w.key, k) is not None for w in measured)]
+    if not measured:
+        return ""
+    rows = ["| workload | -c | PgBouncer | " + " | ".join(label for _, label, _ in cols) + " | "
+            + " | ".join(f"{short}/PgBouncer" for _, _, short in cols) + " |",
+            "|---" * (3 + 2 * len(cols)) + "|"]
+    for w in measured:
+        vals = [res.median(w.key, k) for k, _, _ in cols]
+        b = res.median(w.key, "pgbouncer")
+        rows.append(f"| {w.label} | {w.clients} | {_fmt(b)} | " + " | ".join(_fmt(v) for v in vals) + " | "
+                    + " | ".join(_fmt(_ratio(v, b), ".2f") for v in vals) + " |")
+    return "\n".join(rows)
 
 
 def meta_text(res: Results) -> str:
@@ -363,16 +371,17 @@ def chart(res: Results, path: Path) -> bool:
     ax = axes[1]
     allw = sel + others
     labels = [w.key.replace("select-only-", "S ") for w in allw]
-    rb = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "pgbouncer")) or 0 for w in allw]
-    rd = [_ratio(res.median(w.key, "pgwarden"), res.median(w.key, "direct")) or 0 for w in allw]
-    rn = [_ratio(res.median(w.key, NOREC), res.median(w.key, "pgbouncer")) or 0 for w in allw]
+    series = [("pgwarden / direct", "pgwarden", "direct", colors["direct"]),
+              ("pgwarden / PgBouncer", "pgwarden", "pgbouncer", colors["pgbouncer"]),
+              ("pgwarden, recording off / PgBouncer", NOREC, "pgbouncer", "#ff9896"),
+              ("bare Python relay / PgBouncer", BARE, "pgbouncer", "#2ca02c")]
+    series = [(label, [_ratio(res.median(w.key, a), res.median(w.key, b)) or 0 for w in allw], color)
+              for label, a, b, color in series]
+    series = [x for x in series if any(x[1])]
     xs = range(len(allw))
-    bw = 0.27 if any(rn) else 0.4
-    ax.bar([x - bw / (1 if any(rn) else 2) for x in xs], rd, bw, label="pgwarden / direct", color=colors["direct"])
-    ax.bar([x + (0 if any(rn) else bw / 2) for x in xs], rb, bw, label="pgwarden / PgBouncer",
-           color=colors["pgbouncer"])
-    if any(rn):
-        ax.bar([x + bw for x in xs], rn, bw, label="pgwarden, recording off / PgBouncer", color="#ff9896")
+    bw = 0.8 / max(1, len(series))
+    for i, (label, ys, color) in enumerate(series):
+        ax.bar([x + (i - (len(series) - 1) / 2) * bw for x in xs], ys, bw, label=label, color=color)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
@@ -403,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true", help="pgwarden without session recording")
     ap.add_argument("--norec", action="store_true",
                     help="also run a pgwarden with recording off on the -c 8 workloads (what recording costs)")
+    ap.add_argument("--no-bare", dest="bare", action="store_false",
+                    help="skip the bare Python relay (benchmarks/bare_relay.py) measured on the -c 8 workloads")
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")
