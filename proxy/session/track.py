@@ -131,12 +131,14 @@ class StatementTracker:
         self.groups[-1].last_parse = (text, verdict)
 
     def bind(self, portal: str, statement: str, params: list | None) -> None:
-        text, verdict, types = self.statements.get(statement, ("<unknown prepared statement %r>" % statement,
-                                                               None, ()))
+        found = self.statements.get(statement)
+        text, verdict, types = found if found is not None else (
+            "<unknown prepared statement %r>" % statement, None, ())
         self.portals[portal] = (text, verdict, render_params(params, types) if self.capture_params else None)
 
     def execute(self, portal: str) -> None:
-        text, verdict, params = self.portals.get(portal, ("<unknown portal %r>" % portal, None, None))
+        found = self.portals.get(portal)
+        text, verdict, params = found if found is not None else ("<unknown portal %r>" % portal, None, None)
         self.groups[-1].items.append(Statement(text, "execute", self.clock(), verdict, params))
 
     def close(self, kind: str, name: str) -> None:
@@ -173,14 +175,15 @@ class StatementTracker:
             return
         now = self.clock()
         if mtype == PqMsg_CommandComplete or mtype == PqMsg_EmptyQueryResponse or mtype == PqMsg_PortalSuspended:
-            st = self._current(group)
-            if st is None:
+            if group.next >= len(group.items):
                 return
+            st = group.items[group.next]
             if mtype == PqMsg_CommandComplete:
                 st.tags.append(body.rstrip(b"\x00").decode("utf-8", "replace"))
             elif mtype == PqMsg_PortalSuspended:
                 st.tags.append("(suspended)")
-            self._end_copy(st)
+            if self.copying is not None:
+                self._end_copy(st)
             if st.via == "execute":
                 st.ended = now
                 group.next += 1
@@ -222,12 +225,13 @@ class StatementTracker:
             self.copy_in = 0
 
     def _ready(self, group: _Group) -> None:
-        now = self.clock()
-        for st in group.items[group.next:]:
-            st.ended = now
-            if st.via == "execute" or st.via == "parse":
-                st.skipped = True            # the server skipped it after an earlier error
-            self.emit(st)
+        if group.next < len(group.items):
+            now = self.clock()
+            for st in group.items[group.next:]:
+                st.ended = now
+                if st.via == "execute" or st.via == "parse":
+                    st.skipped = True        # the server skipped it after an earlier error
+                self.emit(st)
         if len(self.groups) > 1:
             self.groups.popleft()
         else:                                # a ReadyForQuery nobody asked for: start afresh
