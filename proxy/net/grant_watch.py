@@ -13,7 +13,8 @@ Rules:
 * Fail closed: a store that cannot answer refuses the connection (the
   proxy cannot vouch for a grant it cannot read). A store that fails while
   sessions run does not cut them: their deadline still holds, and the
-  watcher retries until the store answers again.
+  watcher retries until the store answers again, then reads again every
+  grant with sessions here (a revoke made during the failure was not seen).
 * The watcher is one daemon thread iterating ``store.listen`` (SQLite:
   polling every 0.5 s; PostgreSQL: LISTEN/NOTIFY); it hands grant ids to the
   loop with ``call_soon_threadsafe``. Each worker process has its own.
@@ -98,11 +99,18 @@ class GrantWatch:
 
     def _listen(self) -> None:
         counted = 0.0
+        recheck = False
         while not self._stop.is_set():
             try:
                 for gid in self.store.listen(self._stop):
                     if self._stop.is_set():
                         return
+                    if recheck:
+                        # listen() watches from its first poll on: a change made while the store
+                        # failed (a revoke) was never seen. Now that the new watch has its starting
+                        # point, read again every grant with sessions here.
+                        recheck = False
+                        self.loop.call_soon_threadsafe(self._recheck_all)
                     if gid is not None:
                         self.loop.call_soon_threadsafe(self._changed, gid)
                     if time.monotonic() - counted >= GAUGE_EVERY:
@@ -110,6 +118,7 @@ class GrantWatch:
                         metrics.set_grants_active(self._count_live())
             except Exception as e:
                 log.warning("grant_watch_failed", error=str(e), retry_in=LISTEN_RETRY)
+                recheck = True
                 self._stop.wait(LISTEN_RETRY)
             except BaseException:
                 return
@@ -119,6 +128,13 @@ class GrantWatch:
         now = time.time()
         return sum(1 for state in ("approved", "active") for g in self.store.list(state=state)
                    if check_for_connect(g, now) is None)
+
+    def _recheck_all(self) -> None:
+        grants = {s.claims.jti for s in self.server.sessions if s.claims is not None and s.claims.jti}
+        if grants:
+            log.info("grant_watch_recheck", grants=len(grants))
+        for gid in grants:
+            self._changed(gid)
 
     def _changed(self, grant_id: str) -> None:
         if self.server.sessions_of_grant(grant_id):

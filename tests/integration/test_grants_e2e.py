@@ -404,3 +404,55 @@ def test_session_ends_at_the_grant_end_when_the_token_outlives_it(start_proxy):
         assert time.time() - g.expires_at < 1.5
     finally:
         conn.close()
+
+
+def test_revoke_made_while_the_watcher_could_not_read_the_store_still_cuts(start_proxy):
+    """The watcher restarts from "now" after a store failure; a revoke that landed during the
+    failure must still reach the live session once the store answers again."""
+    import psycopg
+
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    from .conftest import inprocess_server
+
+    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
+    rules = load_grants_config(p.config_path).rules
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
+                                       reason="watch outage", now=time.time()))
+        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
+    failing = {"on": False, "failures": 0}
+
+    def flaky_store(server):
+        store = server.grants.store
+        real = store.changes_since
+
+        def changes_since(cursor):
+            if failing["on"]:
+                failing["failures"] += 1
+                raise OSError("the grant store is unreachable (test)")
+            return real(cursor)
+        store.changes_since = changes_since
+
+    with inprocess_server(p.config_path, setup=flaky_store) as server:
+        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            failing["on"] = True
+            deadline = time.monotonic() + 10
+            while not failing["failures"]:
+                assert time.monotonic() < deadline, "the watcher never polled the store"
+                time.sleep(0.05)
+            with open_store("grants.db", base=p.config_path.parent) as store:     # another process's revoke
+                cur = store.get(g.id)
+                store.update(apply(cur, "revoke", actor="bob", now=time.time(), reason="revoked during the outage"),
+                             cur.state)
+            time.sleep(0.3)
+            failing["on"] = False
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} revoked by bob"):
+                for _ in range(100):
+                    conn.execute("SELECT pg_sleep(0.1)")
+            assert time.monotonic() - t0 < 5
