@@ -14,7 +14,8 @@ Rules:
   proxy cannot vouch for a grant it cannot read). A store that fails while
   sessions run does not cut them: their deadline still holds, and the
   watcher retries until the store answers again, then reads again every
-  grant with sessions here (a revoke made during the failure was not seen).
+  grant with sessions here (a revoke made during the failure was not seen);
+  a change whose grant cannot be read is read again every LISTEN_RETRY.
 * The watcher is one daemon thread iterating ``store.listen`` (SQLite:
   polling every 0.5 s; PostgreSQL: LISTEN/NOTIFY); it hands grant ids to the
   loop with ``call_soon_threadsafe``. Each worker process has its own.
@@ -145,7 +146,10 @@ class GrantWatch:
         try:
             grant = await self.loop.run_in_executor(self.executor, self.store.get, grant_id)
         except Exception as e:
-            log.warning("grant_store_unavailable", grant=grant_id, error=str(e))
+            # The change may be a revoke: read again until the store answers (or the sessions end).
+            log.warning("grant_store_unavailable", grant=grant_id, error=str(e), retry_in=LISTEN_RETRY)
+            if not self._stop.is_set():
+                self.loop.call_later(LISTEN_RETRY, self._changed, grant_id)
             return
         now = time.time()
         for session in self.server.sessions_of_grant(grant_id):

@@ -456,3 +456,55 @@ def test_revoke_made_while_the_watcher_could_not_read_the_store_still_cuts(start
                 for _ in range(100):
                     conn.execute("SELECT pg_sleep(0.1)")
             assert time.monotonic() - t0 < 5
+
+
+def test_revoke_seen_while_the_grant_could_not_be_read_still_cuts(start_proxy):
+    """The watcher hears of a change but cannot read the grant: it must read again until it can,
+    not drop the change (it may be a revoke)."""
+    import psycopg
+
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    from .conftest import inprocess_server
+
+    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
+    rules = load_grants_config(p.config_path).rules
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
+                                       reason="read outage", now=time.time()))
+        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
+    failing = {"on": False, "failures": 0}
+
+    def flaky_get(server):
+        store = server.grants.store
+        real = store.get
+
+        def get(grant_id):
+            if failing["on"]:
+                failing["failures"] += 1
+                raise OSError("the grant store is unreachable (test)")
+            return real(grant_id)
+        store.get = get
+
+    with inprocess_server(p.config_path, setup=flaky_get) as server:
+        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            failing["on"] = True
+            with open_store("grants.db", base=p.config_path.parent) as store:
+                cur = store.get(g.id)
+                store.update(apply(cur, "revoke", actor="bob", now=time.time(), reason="revoked, unread"),
+                             cur.state)
+            deadline = time.monotonic() + 10
+            while not failing["failures"]:
+                assert time.monotonic() < deadline, "the watcher never heard of the revoke"
+                time.sleep(0.05)
+            assert conn.execute("SELECT 1").fetchone() == (1,)     # not cut: the proxy could not read why
+            failing["on"] = False
+            t0 = time.monotonic()
+            with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} revoked by bob"):
+                for _ in range(100):
+                    conn.execute("SELECT pg_sleep(0.1)")
+            assert time.monotonic() - t0 < 5
