@@ -508,3 +508,47 @@ def test_revoke_seen_while_the_grant_could_not_be_read_still_cuts(start_proxy):
                 for _ in range(100):
                     conn.execute("SELECT pg_sleep(0.1)")
             assert time.monotonic() - t0 < 5
+
+
+def test_grants_active_gauge_counts_the_grants_a_client_could_use_now(start_proxy, monkeypatch):
+    """pgwarden_grants_active: approved or active grants inside their window, recounted by the
+    watcher (every GAUGE_EVERY seconds: shortened here)."""
+    from policy.grants import GrantState, apply
+    from proxy import metrics
+    from proxy.net import grant_watch
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    from .conftest import inprocess_server
+
+    monkeypatch.setattr(grant_watch, "GAUGE_EVERY", 0.2)
+    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
+    rules = load_grants_config(p.config_path).rules
+    now = time.time()
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        def grant(duration: float = 600, scope: str = "read", start: float | None = None):
+            g = store.create(rules.request(requester="alice", database=DB, scope=scope, duration=duration,
+                                           reason="gauge", now=now, not_before=start))
+            return store.update(apply(g, rules.initial_event(g), actor="alice", now=now), GrantState.REQUESTED)
+        usable = [grant(), grant()]
+        grant(duration=0.5)                                      # expires before the count
+        grant(start=now + 3600)                                  # approved, its window not yet open
+        revoked = grant()
+        store.update(apply(revoked, "revoke", actor="bob", now=now, reason="gauge"), revoked.state)
+
+    def gauge() -> float | None:
+        return metrics.REGISTRY.get_sample_value("pgwarden_grants_active")
+
+    def wait_for_gauge(value: float) -> None:
+        deadline = time.monotonic() + 10
+        while gauge() != value:
+            assert time.monotonic() < deadline, f"pgwarden_grants_active is {gauge()}, expected {value}"
+            time.sleep(0.05)
+
+    time.sleep(0.6)
+    with inprocess_server(p.config_path):
+        wait_for_gauge(2)
+        with open_store("grants.db", base=p.config_path.parent) as store:
+            g = store.get(usable[0].id)
+            store.update(apply(g, "revoke", actor="bob", now=time.time(), reason="gauge"), g.state)
+        wait_for_gauge(1)
