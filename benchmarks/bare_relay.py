@@ -56,6 +56,9 @@ class _Client(_Pipe):
         except OSError:
             self.transport.close()
             return
+        if self.transport.is_closing():          # the client left while the server was dialled
+            up.transport.close()
+            return
         up.peer, self.peer = self, up
         if self.pending:
             up.transport.write(b"".join(self.pending))
