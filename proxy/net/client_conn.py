@@ -366,6 +366,15 @@ class ClientConn(asyncio.Protocol):
         self.up_transport = transport
         self.up_pid, self.up_key = result.backend_pid, result.backend_key
         self.pid, self.key = self.server.new_cancel_key(self, result.backend_pid)
+        if self.server.recorders is not None:
+            # Before the client hears AuthenticationOk, and before anything it pipelined behind
+            # its password is relayed: a session whose recording cannot start runs nothing.
+            self._start_recording()
+            if self.recorder.failed:
+                self.end_reason = "recording_failed"
+                self.fatal(c.SQLSTATE_ADMIN_SHUTDOWN,
+                           f"pgwarden: the session recording could not be written ({self.recorder.error})")
+                return
         out = [encode.AUTH_OK]
         for name, value in result.parameters:
             if name == "application_name":
@@ -384,8 +393,6 @@ class ClientConn(asyncio.Protocol):
             self.grant_recorded = True
         metrics.session_started()
         self.live = True
-        if self.server.recorders is not None:
-            self._start_recording()
         if leftover:
             self.on_server_data(leftover)
         self.resume_client_reading()

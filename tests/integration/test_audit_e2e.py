@@ -268,3 +268,30 @@ def test_session_is_cut_when_its_recording_cannot_be_written(start_proxy):
         day.unlink()
     with psycopg.connect(p.dsn("read"), autocommit=True) as conn:       # the disk is back: sessions work
         assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_nothing_runs_when_the_recording_cannot_start(start_proxy, admin):
+    """A client that pipelines a statement behind its password (no wait for AuthenticationOk)
+    must not get it run when the session's recording cannot even be started."""
+    from . import rawpg
+
+    p = start_proxy()
+    day = p.workdir / "recordings" / time.strftime("%Y-%m-%d", time.gmtime())
+    if day.is_dir():
+        pytest.skip("the day's recordings directory already exists")
+    day.parent.mkdir(exist_ok=True)
+    day.write_text("not a directory")
+    table = f"unrecorded_{uuid.uuid4().hex[:10]}"
+    try:
+        s = rawpg.connect(p.port, host=p.host)
+        s.sendall(rawpg.startup_packet({"user": "alice", "database": DB}))
+        assert rawpg.read_msg(s) == rawpg.AUTH_CLEARTEXT
+        s.sendall(rawpg.msg(b"p", rawpg.cstr(p.token("ddl"))) + rawpg.query(f"CREATE TABLE {table} (x int)"))
+        data, _ = rawpg.read_to_eof(s)
+        s.close()
+    finally:
+        day.unlink()
+    err = rawpg.error_of(rawpg.split_msgs(data))
+    assert err is not None and "recording could not be written" in err["M"], data
+    assert b"CREATE TABLE" not in data
+    assert admin("SELECT to_regclass(%s)", (table,))[0][0] is None, "the statement ran unrecorded"
