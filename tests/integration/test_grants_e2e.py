@@ -360,33 +360,47 @@ def test_report_on_a_known_data_set(env):
 
 
 def test_store_that_cannot_answer_refuses_the_connection(start_proxy):
-    """Fail closed: the proxy cannot vouch for a grant it cannot read."""
+    """Fail closed: the proxy cannot vouch for a grant it cannot read. (The store's reads are made
+    to fail in the proxy: corrupting a live SQLite file under it is not deterministic -- SQLite may
+    answer from its cache, or die of SIGBUS when its mapped -shm shrinks.)"""
+    import sqlite3
+
+    import psycopg
+
     from policy.grants import GrantState, apply
     from proxy.store import open_store
     from proxy.store.config import load_grants_config
 
+    from .conftest import inprocess_server
+
     p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
     rules = load_grants_config(p.config_path).rules
-    db = p.config_path.parent / "grants.db"
     with open_store("grants.db", base=p.config_path.parent) as store:
         g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
                                        reason="store test", now=time.time()))
         g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
-    token = p.token("read", jti=g.id)
-    import psycopg
-    with psycopg.connect(p.dsn("read", token=token), autocommit=True) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    for f in (db, db.with_name("grants.db-wal")):
-        if f.exists():
-            f.write_bytes(b"this is not a database" * 100)
-    shm = db.with_name("grants.db-shm")
-    if shm.exists():                 # in place, same size: SQLite maps it, and a shrunk map is a SIGBUS
-        with open(shm, "r+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(0)
-            f.write((b"this is not a wal index" * (size // 23 + 1))[:size])
-    with pytest.raises(psycopg.OperationalError, match="grant store is unavailable"):
-        psycopg.connect(p.dsn("read", token=token), connect_timeout=10)
+    broken = {"on": False}
+
+    def breakable(server):
+        store = server.grants.store
+        real = store.get
+
+        def get(grant_id):
+            if broken["on"]:
+                raise sqlite3.DatabaseError("file is not a database")
+            return real(grant_id)
+        store.get = get
+
+    with inprocess_server(p.config_path, setup=breakable) as server:
+        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        broken["on"] = True
+        with pytest.raises(psycopg.OperationalError, match="grant store is unavailable"):
+            psycopg.connect(dsn, connect_timeout=10)
+        broken["on"] = False
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:     # the store is back
+            assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_session_ends_at_the_grant_end_when_the_token_outlives_it(start_proxy):
