@@ -10,6 +10,7 @@ a session cut at expiry says so, with its warning and the cut's lag.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -249,23 +250,30 @@ def test_rows_not_captured_by_default(proxy):
     assert recs and all("rows_sample" not in r for r in recs)
 
 
-def test_session_is_cut_when_its_recording_cannot_be_written(start_proxy):
-    """Fail closed: nothing runs unrecorded. The day's directory is made unusable (a file where
-    the directory should be; root ignores permission bits, not this)."""
-    p = start_proxy()
+@contextlib.contextmanager
+def _unusable_recordings(p):
+    """The day's recordings directory made unusable while inside (a file where the directory
+    should be; root ignores permission bits, not this)."""
     day = p.workdir / "recordings" / time.strftime("%Y-%m-%d", time.gmtime())
     if day.is_dir():
         pytest.skip("the day's recordings directory already exists")
     day.parent.mkdir(exist_ok=True)
     day.write_text("not a directory")
     try:
+        yield
+    finally:
+        day.unlink()
+
+
+def test_session_is_cut_when_its_recording_cannot_be_written(start_proxy):
+    """Fail closed: nothing runs unrecorded."""
+    p = start_proxy()
+    with _unusable_recordings(p):
         with pytest.raises(psycopg.OperationalError, match="recording could not be written"):
             with psycopg.connect(p.dsn("read"), autocommit=True) as conn:
                 conn.execute("SELECT 1")
                 time.sleep(0.5)
                 conn.execute("SELECT 2")
-    finally:
-        day.unlink()
     with psycopg.connect(p.dsn("read"), autocommit=True) as conn:       # the disk is back: sessions work
         assert conn.execute("SELECT 3").fetchone() == (3,)
 
@@ -276,21 +284,14 @@ def test_nothing_runs_when_the_recording_cannot_start(start_proxy, admin):
     from . import rawpg
 
     p = start_proxy()
-    day = p.workdir / "recordings" / time.strftime("%Y-%m-%d", time.gmtime())
-    if day.is_dir():
-        pytest.skip("the day's recordings directory already exists")
-    day.parent.mkdir(exist_ok=True)
-    day.write_text("not a directory")
     table = f"unrecorded_{uuid.uuid4().hex[:10]}"
-    try:
+    with _unusable_recordings(p):
         s = rawpg.connect(p.port, host=p.host)
         s.sendall(rawpg.startup_packet({"user": "alice", "database": DB}))
         assert rawpg.read_msg(s) == rawpg.AUTH_CLEARTEXT
         s.sendall(rawpg.msg(b"p", rawpg.cstr(p.token("ddl"))) + rawpg.query(f"CREATE TABLE {table} (x int)"))
         data, _ = rawpg.read_to_eof(s)
         s.close()
-    finally:
-        day.unlink()
     err = rawpg.error_of(rawpg.split_msgs(data))
     assert err is not None and "recording could not be written" in err["M"], data
     assert b"CREATE TABLE" not in data

@@ -359,6 +359,77 @@ def test_report_on_a_known_data_set(env):
     assert env.json("report", "--config", str(cfg), "--since", "1h")["grants"] == 0
 
 
+# ------------------------------------------------------------ the store under a proxy
+
+STORE_TOML = '[grants]\nstore = "grants.db"\n'
+
+
+def _grant(p, reason: str, *, duration: float = 600, scope: str = "read", not_before: float | None = None,
+           now: float | None = None):
+    """A grant in ``p``'s store, through its rules' first step (read: approved at once)."""
+    from policy.grants import GrantState, apply
+    from proxy.store import open_store
+    from proxy.store.config import load_grants_config
+
+    rules = load_grants_config(p.config_path).rules
+    now = time.time() if now is None else now
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        g = store.create(rules.request(requester="alice", database=DB, scope=scope, duration=duration,
+                                       reason=reason, now=now, not_before=not_before))
+        return store.update(apply(g, rules.initial_event(g), actor="alice", now=now), GrantState.REQUESTED)
+
+
+def _revoke(p, grant_id: str, reason: str) -> None:
+    """bob revokes the grant, as another process would."""
+    from policy.grants import apply
+    from proxy.store import open_store
+
+    with open_store("grants.db", base=p.config_path.parent) as store:
+        cur = store.get(grant_id)
+        store.update(apply(cur, "revoke", actor="bob", now=time.time(), reason=reason), cur.state)
+
+
+def _failing(method: str, switch: dict, exc: Exception):
+    """inprocess_server setup: the proxy's store ``method`` raises ``exc`` while ``switch["on"]``
+    (counting ``switch["failures"]``)."""
+    switch.setdefault("on", False)
+    switch.setdefault("failures", 0)
+
+    def setup(server):
+        store = server.grants.store
+        real = getattr(store, method)
+
+        def wrapper(*args):
+            if switch["on"]:
+                switch["failures"] += 1
+                raise exc
+            return real(*args)
+        setattr(store, method, wrapper)
+    return setup
+
+
+def _inproc_dsn(p, server, grant) -> str:
+    return p.dsn("read", token=p.token("read", jti=grant.id)).replace(f":{p.port}/", f":{server.port}/")
+
+
+def _wait_for(cond, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _cut_soon(conn, grant, by: str = "bob") -> None:
+    """The session of ``conn`` is cut for ``grant``'s revoke within 5 seconds."""
+    import psycopg
+
+    t0 = time.monotonic()
+    with pytest.raises(psycopg.OperationalError, match=f"grant {grant.id} revoked by {by}"):
+        for _ in range(100):
+            conn.execute("SELECT pg_sleep(0.1)")
+    assert time.monotonic() - t0 < 5
+
+
 def test_store_that_cannot_answer_refuses_the_connection(start_proxy):
     """Fail closed: the proxy cannot vouch for a grant it cannot read. (The store's reads are made
     to fail in the proxy: corrupting a live SQLite file under it is not deterministic -- SQLite may
@@ -367,32 +438,14 @@ def test_store_that_cannot_answer_refuses_the_connection(start_proxy):
 
     import psycopg
 
-    from policy.grants import GrantState, apply
-    from proxy.store import open_store
-    from proxy.store.config import load_grants_config
-
     from .conftest import inprocess_server
 
-    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
-    rules = load_grants_config(p.config_path).rules
-    with open_store("grants.db", base=p.config_path.parent) as store:
-        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
-                                       reason="store test", now=time.time()))
-        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
-    broken = {"on": False}
-
-    def breakable(server):
-        store = server.grants.store
-        real = store.get
-
-        def get(grant_id):
-            if broken["on"]:
-                raise sqlite3.DatabaseError("file is not a database")
-            return real(grant_id)
-        store.get = get
-
-    with inprocess_server(p.config_path, setup=breakable) as server:
-        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
+    p = start_proxy(extra_toml=STORE_TOML)
+    g = _grant(p, "store test")
+    broken: dict = {}
+    with inprocess_server(p.config_path, setup=_failing("get", broken,
+                                                        sqlite3.DatabaseError("file is not a database"))) as server:
+        dsn = _inproc_dsn(p, server, g)
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
         broken["on"] = True
@@ -407,16 +460,8 @@ def test_session_ends_at_the_grant_end_when_the_token_outlives_it(start_proxy):
     """The deadline is the sooner of the token's exp and the grant's end."""
     import psycopg
 
-    from policy.grants import GrantState, apply
-    from proxy.store import open_store
-    from proxy.store.config import load_grants_config
-
-    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
-    rules = load_grants_config(p.config_path).rules
-    with open_store("grants.db", base=p.config_path.parent) as store:
-        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=2.5,
-                                       reason="short grant", now=time.time()))
-        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
+    p = start_proxy(extra_toml=STORE_TOML)
+    g = _grant(p, "short grant", duration=2.5)
     conn = psycopg.connect(p.dsn("read", token=p.token("read", jti=g.id, ttl=3600)), autocommit=True)
     try:
         with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} expired at"):
@@ -431,51 +476,21 @@ def test_revoke_made_while_the_watcher_could_not_read_the_store_still_cuts(start
     failure must still reach the live session once the store answers again."""
     import psycopg
 
-    from policy.grants import GrantState, apply
-    from proxy.store import open_store
-    from proxy.store.config import load_grants_config
-
     from .conftest import inprocess_server
 
-    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
-    rules = load_grants_config(p.config_path).rules
-    with open_store("grants.db", base=p.config_path.parent) as store:
-        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
-                                       reason="watch outage", now=time.time()))
-        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
-    failing = {"on": False, "failures": 0}
-
-    def flaky_store(server):
-        store = server.grants.store
-        real = store.changes_since
-
-        def changes_since(cursor):
-            if failing["on"]:
-                failing["failures"] += 1
-                raise OSError("the grant store is unreachable (test)")
-            return real(cursor)
-        store.changes_since = changes_since
-
-    with inprocess_server(p.config_path, setup=flaky_store) as server:
-        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+    p = start_proxy(extra_toml=STORE_TOML)
+    g = _grant(p, "watch outage")
+    failing: dict = {}
+    with inprocess_server(p.config_path, setup=_failing("changes_since", failing,
+                                                        OSError("the grant store is unreachable (test)"))) as server:
+        with psycopg.connect(_inproc_dsn(p, server, g), autocommit=True, connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             failing["on"] = True
-            deadline = time.monotonic() + 10
-            while not failing["failures"]:
-                assert time.monotonic() < deadline, "the watcher never polled the store"
-                time.sleep(0.05)
-            with open_store("grants.db", base=p.config_path.parent) as store:     # another process's revoke
-                cur = store.get(g.id)
-                store.update(apply(cur, "revoke", actor="bob", now=time.time(), reason="revoked during the outage"),
-                             cur.state)
+            _wait_for(lambda: failing["failures"], "the watcher never polled the store")
+            _revoke(p, g.id, "revoked during the outage")
             time.sleep(0.3)
             failing["on"] = False
-            t0 = time.monotonic()
-            with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} revoked by bob"):
-                for _ in range(100):
-                    conn.execute("SELECT pg_sleep(0.1)")
-            assert time.monotonic() - t0 < 5
+            _cut_soon(conn, g)
 
 
 def test_revoke_seen_while_the_grant_could_not_be_read_still_cuts(start_proxy):
@@ -483,92 +498,44 @@ def test_revoke_seen_while_the_grant_could_not_be_read_still_cuts(start_proxy):
     not drop the change (it may be a revoke)."""
     import psycopg
 
-    from policy.grants import GrantState, apply
-    from proxy.store import open_store
-    from proxy.store.config import load_grants_config
-
     from .conftest import inprocess_server
 
-    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
-    rules = load_grants_config(p.config_path).rules
-    with open_store("grants.db", base=p.config_path.parent) as store:
-        g = store.create(rules.request(requester="alice", database=DB, scope="read", duration=600,
-                                       reason="read outage", now=time.time()))
-        g = store.update(apply(g, rules.initial_event(g), actor="alice", now=time.time()), GrantState.REQUESTED)
-    failing = {"on": False, "failures": 0}
-
-    def flaky_get(server):
-        store = server.grants.store
-        real = store.get
-
-        def get(grant_id):
-            if failing["on"]:
-                failing["failures"] += 1
-                raise OSError("the grant store is unreachable (test)")
-            return real(grant_id)
-        store.get = get
-
-    with inprocess_server(p.config_path, setup=flaky_get) as server:
-        dsn = p.dsn("read", token=p.token("read", jti=g.id)).replace(f":{p.port}/", f":{server.port}/")
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+    p = start_proxy(extra_toml=STORE_TOML)
+    g = _grant(p, "read outage")
+    failing: dict = {}
+    with inprocess_server(p.config_path, setup=_failing("get", failing,
+                                                        OSError("the grant store is unreachable (test)"))) as server:
+        with psycopg.connect(_inproc_dsn(p, server, g), autocommit=True, connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             failing["on"] = True
-            with open_store("grants.db", base=p.config_path.parent) as store:
-                cur = store.get(g.id)
-                store.update(apply(cur, "revoke", actor="bob", now=time.time(), reason="revoked, unread"),
-                             cur.state)
-            deadline = time.monotonic() + 10
-            while not failing["failures"]:
-                assert time.monotonic() < deadline, "the watcher never heard of the revoke"
-                time.sleep(0.05)
+            _revoke(p, g.id, "revoked, unread")
+            _wait_for(lambda: failing["failures"], "the watcher never heard of the revoke")
             assert conn.execute("SELECT 1").fetchone() == (1,)     # not cut: the proxy could not read why
             failing["on"] = False
-            t0 = time.monotonic()
-            with pytest.raises(psycopg.OperationalError, match=f"grant {g.id} revoked by bob"):
-                for _ in range(100):
-                    conn.execute("SELECT pg_sleep(0.1)")
-            assert time.monotonic() - t0 < 5
+            _cut_soon(conn, g)
 
 
 def test_grants_active_gauge_counts_the_grants_a_client_could_use_now(start_proxy, monkeypatch):
     """pgwarden_grants_active: approved or active grants inside their window, recounted by the
     watcher (every GAUGE_EVERY seconds: shortened here)."""
-    from policy.grants import GrantState, apply
     from proxy import metrics
     from proxy.net import grant_watch
-    from proxy.store import open_store
-    from proxy.store.config import load_grants_config
 
     from .conftest import inprocess_server
 
     monkeypatch.setattr(grant_watch, "GAUGE_EVERY", 0.2)
-    p = start_proxy(extra_toml='[grants]\nstore = "grants.db"\n')
-    rules = load_grants_config(p.config_path).rules
+    p = start_proxy(extra_toml=STORE_TOML)
     now = time.time()
-    with open_store("grants.db", base=p.config_path.parent) as store:
-        def grant(duration: float = 600, scope: str = "read", start: float | None = None):
-            g = store.create(rules.request(requester="alice", database=DB, scope=scope, duration=duration,
-                                           reason="gauge", now=now, not_before=start))
-            return store.update(apply(g, rules.initial_event(g), actor="alice", now=now), GrantState.REQUESTED)
-        usable = [grant(), grant()]
-        grant(duration=0.5)                                      # expires before the count
-        grant(start=now + 3600)                                  # approved, its window not yet open
-        revoked = grant()
-        store.update(apply(revoked, "revoke", actor="bob", now=now, reason="gauge"), revoked.state)
+    usable = [_grant(p, "gauge", now=now), _grant(p, "gauge", now=now)]
+    _grant(p, "gauge", duration=0.5, now=now)                   # expires before the count
+    _grant(p, "gauge", not_before=now + 3600, now=now)          # approved, its window not yet open
+    _revoke(p, _grant(p, "gauge", now=now).id, "gauge")
 
     def gauge() -> float | None:
         return metrics.REGISTRY.get_sample_value("pgwarden_grants_active")
 
-    def wait_for_gauge(value: float) -> None:
-        deadline = time.monotonic() + 10
-        while gauge() != value:
-            assert time.monotonic() < deadline, f"pgwarden_grants_active is {gauge()}, expected {value}"
-            time.sleep(0.05)
-
     time.sleep(0.6)
     with inprocess_server(p.config_path):
-        wait_for_gauge(2)
-        with open_store("grants.db", base=p.config_path.parent) as store:
-            g = store.get(usable[0].id)
-            store.update(apply(g, "revoke", actor="bob", now=time.time(), reason="gauge"), g.state)
-        wait_for_gauge(1)
+        _wait_for(lambda: gauge() == 2, "pgwarden_grants_active never counted the two usable grants")
+        _revoke(p, usable[0].id, "gauge")
+        _wait_for(lambda: gauge() == 1, "pgwarden_grants_active did not follow the revoke")
