@@ -320,11 +320,11 @@ def norec_table(res: Results) -> str:
     """What each layer costs, where measured: a bare Python relay (no parsing), pgwarden with
     recording off (policy on), pgwarden as run (recording on), each as a ratio to PgBouncer."""
     measured = [w for w in WORKLOADS if res.median(w.key, BARE) is not None or res.median(w.key, NOREC) is not None]
+    if not measured:
+        return ""
     cols = [(k, label, short) for k, label, short in (
         (BARE, "bare Python relay", "bare"), (NOREC, "pgwarden, recording off", "off"),
         ("pgwarden", "pgwarden, recording on", "on")) if any(res.median(w.key, k) is not None for w in measured)]
-    if not measured:
-        return ""
     rows = ["| workload | -c | PgBouncer | " + " | ".join(label for _, label, _ in cols) + " | "
             + " | ".join(f"{short}/PgBouncer" for _, _, short in cols) + " |",
             "|---" * (3 + 2 * len(cols)) + "|"]

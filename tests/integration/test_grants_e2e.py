@@ -23,7 +23,7 @@ import pytest
 
 from proxy.demo import write_config
 
-from .conftest import DB, Proxy, free_port
+from .conftest import DB, Proxy, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -412,13 +412,6 @@ def _inproc_dsn(p, server, grant) -> str:
     return p.dsn("read", token=p.token("read", jti=grant.id)).replace(f":{p.port}/", f":{server.port}/")
 
 
-def _wait_for(cond, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def _cut_soon(conn, grant, by: str = "bob") -> None:
     """The session of ``conn`` is cut for ``grant``'s revoke within 5 seconds."""
     import psycopg
@@ -486,7 +479,7 @@ def test_revoke_made_while_the_watcher_could_not_read_the_store_still_cuts(start
         with psycopg.connect(_inproc_dsn(p, server, g), autocommit=True, connect_timeout=10) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             failing["on"] = True
-            _wait_for(lambda: failing["failures"], "the watcher never polled the store")
+            assert wait_for(lambda: failing["failures"]), "the watcher never polled the store"
             _revoke(p, g.id, "revoked during the outage")
             time.sleep(0.3)
             failing["on"] = False
@@ -509,7 +502,7 @@ def test_revoke_seen_while_the_grant_could_not_be_read_still_cuts(start_proxy):
             assert conn.execute("SELECT 1").fetchone() == (1,)
             failing["on"] = True
             _revoke(p, g.id, "revoked, unread")
-            _wait_for(lambda: failing["failures"], "the watcher never heard of the revoke")
+            assert wait_for(lambda: failing["failures"]), "the watcher never heard of the revoke"
             assert conn.execute("SELECT 1").fetchone() == (1,)     # not cut: the proxy could not read why
             failing["on"] = False
             _cut_soon(conn, g)
@@ -536,6 +529,6 @@ def test_grants_active_gauge_counts_the_grants_a_client_could_use_now(start_prox
 
     time.sleep(0.6)
     with inprocess_server(p.config_path):
-        _wait_for(lambda: gauge() == 2, "pgwarden_grants_active never counted the two usable grants")
+        assert wait_for(lambda: gauge() == 2), f"pgwarden_grants_active is {gauge()}, not the 2 usable grants"
         _revoke(p, usable[0].id, "gauge")
-        _wait_for(lambda: gauge() == 1, "pgwarden_grants_active did not follow the revoke")
+        assert wait_for(lambda: gauge() == 1), f"pgwarden_grants_active is {gauge()} after the revoke, not 1"
