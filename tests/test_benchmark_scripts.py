@@ -20,3 +20,57 @@ def test_classify_cost_quick_run():
         cold, verdict = float(cells[4]), float(cells[7])
         assert cold > verdict, ln                     # a cached verdict is cheaper than a cold classify
     assert any("masked" in ln for ln in proc.stdout.splitlines()[:1])
+
+
+def test_bare_relay_pipes_bytes_both_ways():
+    """benchmarks/bare_relay.py, the suite's floor: what the client sends reaches the upstream and
+    what the upstream answers reaches the client, byte for byte (an echo server as upstream)."""
+    import socket
+    import threading
+    import time
+
+    echo = socket.create_server(("127.0.0.1", 0))
+    up_port = echo.getsockname()[1]
+
+    def serve():
+        conn, _ = echo.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data[::-1])
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relay = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
+                              "--upstream", f"127.0.0.1:{up_port}"], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and relay.poll() is None, "the bare relay did not listen"
+                time.sleep(0.1)
+        with client:
+            client.sendall(b"hello, relay")
+            got = b""
+            while len(got) < 12:
+                got += client.recv(100)
+        assert got == b"yaler ,olleh"
+    finally:
+        relay.terminate()
+        relay.wait(10)
+        echo.close()
+
+
+def test_layer_table_gives_each_layer_as_a_ratio_to_pgbouncer():
+    from benchmarks.suite import BARE, NOREC, Results, norec_table
+
+    res = Results(runs={"select-only-prepared-c8": {"pgbouncer": [100, 120, 110], BARE: [99], NOREC: [88],
+                                                    "pgwarden": [55]}})
+    rows = norec_table(res).splitlines()
+    assert rows[0].split("|")[3:7] == [" PgBouncer ", " bare Python relay ", " pgwarden, recording off ",
+                                       " pgwarden, recording on "]
+    assert rows[2].rstrip(" |").split(" | ")[-3:] == ["0.90", "0.80", "0.50"]     # medians: 99, 88, 55 / 110
+    assert norec_table(Results(runs={"select-only-prepared-c8": {"pgbouncer": [1], "pgwarden": [1]}})) == ""
