@@ -450,28 +450,45 @@ class ClientConn(asyncio.Protocol):
                     sub = enforcer.deny_query(verdict.message, verdict.sqlstate) if name is None \
                         else enforcer.deny_parse(name, verdict.message, verdict.sqlstate)
                 metrics.statement(verdict.allowed, verdict.statement_class)
+                if name is None:
+                    self.sync_points += 1
                 if tracker is not None:
                     if name is None:
                         tracker.query(text, verdict)
                     else:
                         tracker.parse(name, text, verdict, p.param_types)
-            elif tracker is not None:
-                self._track(tracker, mtype, buf, start, end)
-            if mtype == c.PqMsg_Query or mtype == c.PqMsg_Sync or mtype == c.PqMsg_FunctionCall:
-                self.sync_points += 1
-            if mtype == c.PqMsg_Bind:
+            elif mtype == c.PqMsg_Bind:
+                if tracker is not None:
+                    portal, statement, params = decode.decode_bind(buf, start, end)
+                    tracker.bind(portal, statement, params)
                 if enforcer.denied_statements:
                     sub = enforcer.check_bind(decode.decode_bind_statement(buf, start, end))
+            elif mtype == c.PqMsg_Execute:
+                if tracker is not None:
+                    tracker.execute(decode.decode_execute(buf, start, end))
+            elif mtype == c.PqMsg_Sync:
+                self.sync_points += 1
+                if tracker is not None:
+                    tracker.sync()
+            elif mtype == c.PqMsg_CopyData:
+                if tracker is not None:
+                    tracker.copy_data(end - start)
             elif mtype == c.PqMsg_Close:
                 kind, name = decode.decode_close(buf, start, end)
+                if tracker is not None:
+                    tracker.close(kind, name)
                 if kind == "S":
                     enforcer.closed_statement(name)
                     self.sql_prepared.pop(name, None)
-            elif mtype == c.PqMsg_FunctionCall and gate.deny_function_call(self):
-                self.log.info("statement_denied", rule="admin.function_call", via="FunctionCall")
-                sub = enforcer.deny_function_call(
-                    "pgwarden: the fast-path FunctionCall message is admin class and never allowed "
-                    "[rule admin.function_call]")
+            elif mtype == c.PqMsg_FunctionCall:
+                self.sync_points += 1
+                if tracker is not None:
+                    tracker.function_call(None)
+                if gate.deny_function_call(self):
+                    self.log.info("statement_denied", rule="admin.function_call", via="FunctionCall")
+                    sub = enforcer.deny_function_call(
+                        "pgwarden: the fast-path FunctionCall message is admin class and never allowed "
+                        "[rule admin.function_call]")
             elif mtype == c.PqMsg_Terminate:
                 terminate = True
             elif mtype not in c.FRONTEND_TYPES:
@@ -489,21 +506,6 @@ class ClientConn(asyncio.Protocol):
             self.up_transport.write(b"".join(pieces))
         if terminate:
             self.closing = True
-
-    def _track(self, tracker: StatementTracker, mtype: int, buf, start: int, end: int) -> None:
-        """Tell the recording's tracker what the client sent (Query and Parse are told by _relay)."""
-        if mtype == c.PqMsg_Bind:
-            tracker.bind(*decode.decode_bind(buf, start, end))
-        elif mtype == c.PqMsg_Execute:
-            tracker.execute(decode.decode_execute(buf, start, end))
-        elif mtype == c.PqMsg_Sync:
-            tracker.sync()
-        elif mtype == c.PqMsg_CopyData:
-            tracker.copy_data(end - start)
-        elif mtype == c.PqMsg_Close:
-            tracker.close(*decode.decode_close(buf, start, end))
-        elif mtype == c.PqMsg_FunctionCall:
-            tracker.function_call(None)
 
     # ------------------------------------------------------------------ recording
 

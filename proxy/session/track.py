@@ -144,15 +144,14 @@ class StatementTracker:
     def close(self, kind: str, name: str) -> None:
         (self.statements if kind == "S" else self.portals).pop(name, None)
 
-    def sync(self) -> None:
-        self._sync()
-
     def copy_data(self, nbytes: int) -> None:
         self.copy_in += nbytes
 
     def _sync(self) -> None:
         self.groups[-1].synced = True
         self.groups.append(_Group())
+
+    sync = _sync
 
     # ------------------------------------------------------------------ server side
 

@@ -97,8 +97,8 @@ SCANNER_IMPL = "c" if skip_messages_c is not None else "python"
 
 
 class ServerStream:
-    __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "on_error", "ready_count",
-                 "on_message", "side", "copy_bytes", "watch_rows")
+    __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "_on_error", "ready_count",
+                 "_on_message", "side", "copy_bytes", "_watch_rows", "_table")
 
     def __init__(self, on_error: Callable[[bytes], bytes | None] | None = None,
                  on_message: Callable[[int, bytes], None] | None = None) -> None:
@@ -107,12 +107,41 @@ class ServerStream:
         self.cur_type = 0               # type of the message whose body is in progress
         self.held: bytearray | None = None   # an ErrorResponse being collected (whole message)
         self.txn_status = b"I"
-        self.on_error = on_error        # ErrorResponse body -> replacement message, or None to keep
+        self._on_error = on_error       # ErrorResponse body -> replacement message, or None to keep
         self.ready_count = 0
-        self.on_message = on_message    # (type, body) of each WATCHED message, once whole
+        self._on_message = on_message   # (type, body) of each WATCHED message, once whole
         self.side: bytearray | None = None   # body of a watched message split across chunks
         self.copy_bytes = 0             # CopyData payload bytes seen (with on_message only)
-        self.watch_rows = False         # with on_message: DataRows go to the hook too
+        self._watch_rows = False        # with on_message: DataRows go to the hook too
+        self._table = self._stop()      # the types skip_messages stops at; kept in step by the setters
+
+    # The three settings that decide where the walk stops (a hook may change them mid-feed).
+    @property
+    def on_error(self) -> Callable[[bytes], bytes | None] | None:
+        return self._on_error
+
+    @on_error.setter
+    def on_error(self, hook: Callable[[bytes], bytes | None] | None) -> None:
+        self._on_error = hook
+        self._table = self._stop()
+
+    @property
+    def on_message(self) -> Callable[[int, bytes], None] | None:
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, hook: Callable[[int, bytes], None] | None) -> None:
+        self._on_message = hook
+        self._table = self._stop()
+
+    @property
+    def watch_rows(self) -> bool:
+        return self._watch_rows
+
+    @watch_rows.setter
+    def watch_rows(self, on: bool) -> None:
+        self._watch_rows = on
+        self._table = self._stop()
 
     def feed(self, data: bytes) -> bytes:
         if self.header:
@@ -122,8 +151,8 @@ class ServerStream:
         pos = 0
         out = None                      # stays None while the chunk goes out untouched
         start = 0                       # first byte not yet copied into out
-        on_message = self.on_message
-        stop = self._stop()
+        on_message = self._on_message
+        stop = self._table
         count_copy = on_message is not None
         skip = skip_messages
         if self.remaining:
@@ -143,10 +172,11 @@ class ServerStream:
                 if self.remaining:
                     return bytes(out)
                 out += self._release_error()
+                stop = self._table
             elif self.side is not None and not self.remaining:
                 body, self.side = bytes(self.side), None
                 on_message(self.cur_type, body)
-                stop = self._stop()
+                stop = self._table
         while pos < n:
             pos, copied = skip(data, pos, stop, count_copy)
             if copied:
@@ -167,7 +197,7 @@ class ServerStream:
                 self.ready_count += 1
                 if pos + 5 < n:
                     self.txn_status = data[pos + 5:pos + 6]
-            elif mtype == PqMsg_ErrorResponse and self.on_error is not None:
+            elif mtype == PqMsg_ErrorResponse and self._on_error is not None:
                 if length > MAX_ERROR_SIZE:
                     raise ServerProtocolError("server sent an oversized ErrorResponse")
                 if out is None:
@@ -179,17 +209,18 @@ class ServerStream:
                     self.cur_type = mtype
                     return bytes(out)
                 out += self._release_error()
+                stop = self._table
                 pos = start = end
                 continue
             if on_message is not None:
                 if mtype == PqMsg_CopyData:
                     self.copy_bytes += length - 4
-                elif mtype in WATCHED or (mtype == PqMsg_DataRow and self.watch_rows and length <= MAX_ERROR_SIZE):
+                elif mtype in WATCHED or (mtype == PqMsg_DataRow and self._watch_rows and length <= MAX_ERROR_SIZE):
                     if length > MAX_ERROR_SIZE:
                         raise ServerProtocolError(f"server sent an oversized {chr(mtype)!r} message")
                     if end <= n:
                         on_message(mtype, bytes(data[pos + 5:end]))
-                        stop = self._stop()
+                        stop = self._table
                     else:
                         self.side = bytearray(data[pos + 5:n])
             if end > n:
@@ -203,8 +234,8 @@ class ServerStream:
         return bytes(out)
 
     def _stop(self) -> bytes:
-        hooked = self.on_message is not None
-        return _STOP[(self.on_error is not None) | (hooked << 1) | ((hooked and self.watch_rows) << 2)]
+        hooked = self._on_message is not None
+        return _STOP[(self._on_error is not None) | (hooked << 1) | ((hooked and self._watch_rows) << 2)]
 
     @property
     def at_boundary(self) -> bool:
@@ -214,9 +245,9 @@ class ServerStream:
     def _release_error(self) -> bytes:
         msg = bytes(self.held)
         self.held = None
-        replacement = self.on_error(msg[5:]) if self.on_error is not None else None
+        replacement = self._on_error(msg[5:]) if self._on_error is not None else None
         if replacement is not None:
             msg = replacement
-        if self.on_message is not None:
-            self.on_message(PqMsg_ErrorResponse, msg[5:])    # what the client sees
+        if self._on_message is not None:
+            self._on_message(PqMsg_ErrorResponse, msg[5:])    # what the client sees
         return msg
