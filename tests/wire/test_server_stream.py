@@ -172,12 +172,13 @@ def test_scanner_impl_is_reported():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(watched_message, max_size=30), st.lists(st.integers(1, 64), max_size=100))
-def test_watch_rows_shows_data_rows_only_while_on(msgs, cuts):
+@given(st.lists(watched_message, max_size=30), st.lists(st.integers(1, 64), max_size=100), st.booleans())
+def test_watch_rows_shows_data_rows_only_while_on(msgs, cuts, hold_errors):
     """The hook turns row watching off after the first DataRow and on again at the next
-    CommandComplete: it sees exactly the first DataRow after each (re)start, whatever the chunking."""
+    CommandComplete: it sees exactly the first DataRow after each (re)start, whatever the chunking,
+    also when ErrorResponses are held for the rewrite hook (the hook runs on their release)."""
     seen: list[tuple[int, bytes]] = []
-    s = ServerStream(None, None)
+    s = ServerStream((lambda body: None) if hold_errors else None, None)
 
     def hook(t, body):
         seen.append((t, body))
