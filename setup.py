@@ -2,10 +2,12 @@
 
 ``proxy.wire._scan`` walks server message headers in C (see
 proxy/wire/server_stream.py); ``policy.sql._maskkey`` builds the
-masked-literal cache key in C (see policy/sql/masked.py).  Both are
-optional: without a C compiler (or Python headers) the build prints a
-warning and pgwarden uses the pure-Python versions, which are the
-reference.  ``pip install -e .`` builds them in place.
+masked-literal cache key in C (see policy/sql/masked.py);
+``proxy.audit._recline`` builds a recording's statement line and its
+hash in C (see proxy/audit/record.py).  All are optional: without a C
+compiler (or Python headers) the build prints a warning and pgwarden
+uses the pure-Python versions, which are the reference.
+``pip install -e .`` builds them in place.
 """
 
 from setuptools import Extension, setup
@@ -13,4 +15,5 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension("proxy.wire._scan", ["proxy/wire/_scan.c"], optional=True),
     Extension("policy.sql._maskkey", ["policy/sql/_maskkey.c"], optional=True),
+    Extension("proxy.audit._recline", ["proxy/audit/_recline.c"], optional=True),
 ])

@@ -23,6 +23,15 @@ Rules:
 * A recording without a ``session_end`` is *unterminated*: the proxy died (or
   the disk failed) before the session ended.  Its lines are still chained,
   but its tail is unsigned, so verification reports it apart from ``ok``.
+* ``statement`` lines, the hot path (one per SQL statement), are built by
+  the optional C extension ``proxy.audit._recline`` when it was built and
+  passes its self-test on import: ``statement_line_c`` returns the exact
+  bytes and digest that ``statement_line_py`` (``Chain.line`` over
+  ``statement_fields``, the reference) would, or None for whatever it cannot
+  vouch for (lone surrogates, bytes params, floats printed with an
+  exponent ...), and the caller then takes the Python path.  ``LINE_IMPL``
+  says which is in use ("c" or "python"); the writer looks it up on every
+  call, so tests can swap it.
 
 Record fields besides seq/ts/type/prev (docs/audit.md has the full table):
 
@@ -58,7 +67,7 @@ from .introspection import is_introspection
 __all__ = [
     "FORMAT_VERSION", "GENESIS", "TYPES", "RESERVED", "Chain", "canonical", "digest", "iso_ts",
     "parse_ts", "sign", "signature_valid", "signing_payload", "encode_params", "rows_from_tag",
-    "is_introspection",
+    "is_introspection", "statement_fields", "statement_line_py", "statement_line_c", "LINE_IMPL",
 ]
 
 FORMAT_VERSION = 1
@@ -182,11 +191,43 @@ def rows_from_tag(tag: str | None) -> int | None:
     return None
 
 
+def statement_fields(text: str, cls: str | None, decision: str, rule: str | None, started: float,
+                     duration_ms: float, via: str, params: Iterable[Any] | None = None,
+                     tag: str | None = None, rows: int | None = None, sqlstate: str | None = None,
+                     message: str | None = None, introspection: bool = False,
+                     rows_sample: Iterable[Iterable[Any]] | None = None) -> dict[str, Any]:
+    """A ``statement`` record's fields once the recorder has settled them
+    (``started`` epoch seconds; ``params`` and ``rows_sample`` raw, encoded
+    here; the optional ones only when not None; ``introspection`` only when
+    true).  ``Chain.line(STATEMENT, now, fields)`` adds seq/ts/type/prev."""
+    rec: dict[str, Any] = {
+        "text": text, "class": cls, "decision": decision, "rule": rule, "started": iso_ts(started),
+        "duration_ms": duration_ms, "via": via,
+    }
+    if params is not None:
+        rec["params"] = encode_params(params)
+    if tag is not None:
+        rec["tag"] = tag
+    if rows is not None:
+        rec["rows"] = rows
+    if sqlstate is not None:
+        rec["sqlstate"] = sqlstate
+    if message is not None:
+        rec["message"] = message
+    if rows_sample is not None:
+        rec["rows_sample"] = [encode_params(r) for r in rows_sample]
+    if introspection:
+        rec["introspection"] = True
+    return rec
+
+
 class Chain:
     """The running state of one recording: next seq and the previous line's hash.
 
     ``line(type, now, fields)`` fills in seq/ts/type/prev, serialises and
-    advances; ``seal(now, fields, key, key_id)`` writes the signed last record.
+    advances; ``seal(now, fields, key, key_id)`` writes the signed last record;
+    ``advance(digest)`` accounts for a line built elsewhere (the compiled
+    statement line, made for ``seq + 1`` and ``prev``).
     ``fields`` is consumed (the caller builds a fresh dict per record).
     """
 
@@ -201,6 +242,14 @@ class Chain:
         if self.sealed:
             raise ValueError("the recording is sealed: nothing may follow session_end")
         return self._link(rtype, now, fields)
+
+    def advance(self, line_digest: str) -> None:
+        """The line for ``seq + 1`` after ``prev`` was built outside ``line()``
+        (``statement_line_c``) and is being written: count it, chain to it."""
+        if self.sealed:
+            raise ValueError("the recording is sealed: nothing may follow session_end")
+        self.seq += 1
+        self.prev = line_digest
 
     def seal(self, now: float, fields: dict[str, Any], key: Ed25519PrivateKey, key_id: str) -> bytes:
         if self.sealed:
@@ -225,3 +274,53 @@ class Chain:
         data = canonical(fields)
         self.prev = digest(data)
         return data + b"\n"
+
+
+def statement_line_py(seq: int, prev: str, now: float, text: str, cls: str | None, decision: str,
+                      rule: str | None, started: float, duration_ms: float, via: str,
+                      params: Iterable[Any] | None, tag: str | None, rows: int | None,
+                      sqlstate: str | None, message: str | None, introspection: bool) -> tuple[bytes, str]:
+    """A statement record's line (with its newline) and digest, for a chain
+    whose next line is ``seq`` after ``prev``: the reference ``statement_line_c``
+    must match byte for byte (same arguments, in the same order)."""
+    chain = Chain()
+    chain.seq, chain.prev = seq - 1, prev
+    line = chain.line(STATEMENT, now, statement_fields(
+        text, cls, decision, rule, started, duration_ms, via, params, tag, rows, sqlstate, message,
+        introspection))
+    return line, chain.prev
+
+
+_SELF_TEST = (
+    (1, GENESIS, 1_767_225_600.0, "select 1", None, "allowed", None, 1_767_225_600.0, 0.0, "query",
+     None, None, None, None, None, False),
+    (7, "ab" * 32, 1_767_225_601.9999996, 'select $1, \'é中😀\' -- "q" \\ \x00\x1a\x7f\n\t\r\b\f/',
+     "read", "allowed", "read.select", 1_767_225_600.0000004, 1.234, "execute", ["42", None, "a\"b", ""],
+     "SELECT 1", 1, None, None, True),
+    (123456789, "cd" * 32, 1_767_225_602.5, "delete from t", "write", "denied", "write.delete", 1_767_225_602,
+     -0.0, "parse", [], None, None, "42501", "pgwarden: DELETE is write class", False),
+    (3, GENESIS, 1_767_225_603.0000005, "insert", "write", "allowed", None, 1_767_225_602.0078125,
+     999999999.999, "function_call", None, "INSERT 0 9223372036854775807", 9223372036854775807, "23505",
+     "duplicate key", False),
+)
+
+
+def _passes(candidate: Any) -> bool:
+    """Does ``candidate`` agree with ``statement_line_py`` on ``_SELF_TEST``?"""
+    if candidate is None:
+        return False
+    try:
+        return all(candidate(*args) == statement_line_py(*args) for args in _SELF_TEST)
+    except Exception:  # noqa: BLE001 - any surprise: do not use it
+        return False
+
+
+try:
+    from ._recline import statement_line as statement_line_c
+except ImportError:        # built without a C compiler: the reference path
+    statement_line_c = None
+if not _passes(statement_line_c):
+    statement_line_c = None
+
+#: Which builds statement lines: "c" (``statement_line_c``) or "python" (looked up on every record).
+LINE_IMPL = "c" if statement_line_c is not None else "python"

@@ -40,6 +40,9 @@ Rules:
 * The recorder serialises its own records (``record.Chain``: orjson, sorted
   keys, hash chain).  It never goes through structlog: the chain needs the
   exact bytes, and a structlog line costs ten times more (STYLE.md, (d) 8).
+  ``statement`` lines come from the optional C extension when it is built
+  (``record.LINE_IMPL == "c"``, the same bytes; a record it refuses, and
+  any that keeps a ``rows_sample``, goes through ``record.Chain``).
 * Identity is bound explicitly (session id and grant id given to ``open``),
   never read from contextvars: in asyncio.Protocol callbacks they do not
   carry a session's identity, and under uvloop they leak.
@@ -239,37 +242,35 @@ class SessionRecorder:
         if duration is None:
             duration = now - started if now > started else 0.0
         decision = _decision(decision)
-        rec: dict[str, Any] = {
-            "text": text, "class": None if statement_class is None else str(statement_class),
-            "decision": decision, "rule": rule, "started": R.iso_ts(started),
-            "duration_ms": round(duration * 1000.0, 3), "via": via,
-        }
-        if params is not None and self._capture_params:
-            rec["params"] = R.encode_params(params)
-        if tag is not None:
-            rec["tag"] = tag
-            if rows is None:
-                rows = R.rows_from_tag(tag)
-        if rows is not None:
-            rec["rows"] = rows
-            self._n_rows += rows
-        if sqlstate is not None:
-            rec["sqlstate"] = sqlstate
-        if message is not None:
-            rec["message"] = message
-        if rows_sample is not None and self._capture_rows:
-            rec["rows_sample"] = [R.encode_params(r) for r in rows_sample[:self._capture_rows]]
+        cls = None if statement_class is None else str(statement_class)
+        duration_ms = round(duration * 1000.0, 3)
+        if not self._capture_params:
+            params = None
+        if tag is not None and rows is None:
+            rows = R.rows_from_tag(tag)
         if introspection is None:
             introspection = is_introspection(text)
+        sample = None
+        if rows_sample is not None and self._capture_rows:
+            sample = rows_sample[:self._capture_rows]
+        built = fields = None
+        if sample is None and R.LINE_IMPL == "c":      # the compiled line; None: Python's to write
+            chain = self._chain
+            built = R.statement_line_c(chain.seq + 1, chain.prev, now, text, cls, decision, rule, started,
+                                       duration_ms, via, params, tag, rows, sqlstate, message, introspection)
+        if built is None:
+            fields = R.statement_fields(text, cls, decision, rule, started, duration_ms, via, params, tag,
+                                        rows, sqlstate, message, introspection, sample)
+        if rows is not None:
+            self._n_rows += rows
         if introspection:
-            rec["introspection"] = True
             self._n_introspection += 1
         self._n_statements += 1
         if decision != "allowed":
             self._n_denied += 1
         elif sqlstate is not None:
             self._n_errors += 1
-        return self._emit(R.STATEMENT, rec, now)
+        return self._emit(R.STATEMENT, fields, now, built)
 
     def copy(self, direction: str, bytes: int, rows: int | None = None) -> bool:  # noqa: A002
         """A COPY's data phase: direction ``"in"`` (client to server), ``"out"``, or
@@ -366,11 +367,20 @@ class SessionRecorder:
         self._log().warning("audit_misuse", reason=what)
         return False
 
-    def _emit(self, rtype: str, fields: dict[str, Any], now: float | None = None) -> bool:
+    def _emit(self, rtype: str, fields: dict[str, Any] | None, now: float | None = None,
+              built: tuple[bytes, str] | None = None) -> bool:
+        """Chain one record and append it (flushed; fsynced per policy).  Any
+        failure marks the recorder failed.  ``built``: a line and its digest
+        that ``record.statement_line_c`` made for the chain's next seq and
+        prev, written as it is (``fields`` is then None)."""
         if self.failed:
             return False
         try:
-            line = self._chain.line(rtype, self._clock() if now is None else now, fields)
+            if built is None:
+                line = self._chain.line(rtype, self._clock() if now is None else now, fields)
+            else:
+                line, line_digest = built
+                self._chain.advance(line_digest)
             file = self._file
             if file is None:
                 file = self._open()

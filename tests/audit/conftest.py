@@ -6,6 +6,9 @@
 ``sample``           the path of a finished sample session (``write_sample``)
 ``key_files``        ``rec.key.pem`` / ``rec.pub.pem`` on disk, and a
                      ``pgwarden.toml`` with an [audit] section naming them
+``line_impl``        who builds statement lines, "python" or "c" (record.LINE_IMPL);
+                     modules that write recordings use it for every test
+                     (``pytestmark = pytest.mark.usefixtures("line_impl")``)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from proxy.audit import record as R
 from proxy.audit.config import AuditConfig
 from proxy.audit.writer import RecorderFactory, SessionRecorder
 
@@ -25,6 +29,22 @@ INTROSPECTION_SQL = ("SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_clas
                      "LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
                      "WHERE c.relname OPERATOR(pg_catalog.~) '^(accounts)$' COLLATE pg_catalog.default "
                      "AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3;")
+
+
+LINE_IMPLS = [
+    pytest.param("python", id="python"),
+    pytest.param("c", id="c", marks=pytest.mark.skipif(R.statement_line_c is None,
+                                                       reason="proxy.audit._recline not built")),
+]
+
+
+@pytest.fixture(scope="module", params=LINE_IMPLS)
+def line_impl(request):
+    """Run the module's tests with each statement-line builder (module scope: hypothesis-friendly)."""
+    saved = R.LINE_IMPL
+    R.LINE_IMPL = request.param
+    yield request.param
+    R.LINE_IMPL = saved
 
 
 class Clock:

@@ -15,6 +15,8 @@ from proxy.keys import load_private_key
 
 from .conftest import T0, Clock, write_sample
 
+pytestmark = pytest.mark.usefixtures("line_impl")    # every test with each statement-line builder
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -16,6 +16,8 @@ from proxy.audit.verify import verify
 
 from .conftest import write_sample
 
+pytestmark = pytest.mark.usefixtures("line_impl")    # every test with each statement-line builder
+
 XSS = "select '<script>document.title=\"pwned\"</script><img src=x onerror=alert(1)>' as \"</td>\""
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

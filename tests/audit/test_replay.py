@@ -9,6 +9,8 @@ from proxy.audit.replay import find_recording, format_statement, list_sessions, 
 
 from .conftest import INTROSPECTION_SQL, T0, Clock, write_sample
 
+pytestmark = pytest.mark.usefixtures("line_impl")    # every test with each statement-line builder
+
 
 def test_timeline(sample):
     text = "\n".join(replay(sample))

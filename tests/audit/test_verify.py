@@ -13,6 +13,8 @@ from proxy.audit.verify import verify
 
 from .conftest import write_sample
 
+pytestmark = pytest.mark.usefixtures("line_impl")    # every test with each statement-line builder
+
 
 def rewrite(path, lines):
     path.write_bytes(b"".join(line + b"\n" for line in lines))

@@ -17,6 +17,8 @@ from proxy.config import ConfigError
 
 from .conftest import START, T0, write_sample
 
+pytestmark = pytest.mark.usefixtures("line_impl")    # every test with each statement-line builder
+
 
 def lines(path):
     return [orjson.loads(x) for x in path.read_bytes().splitlines()]
