@@ -391,6 +391,11 @@ pidfile = {d}/pgbouncer.pid
             out["masked key"] = masked.KEY_IMPL
         except Exception:  # noqa: BLE001
             pass
+        try:
+            from proxy.audit import record
+            out["record line"] = record.LINE_IMPL
+        except Exception:  # noqa: BLE001
+            pass
         out["recording"] = "on" if self.recording else "off (no [audit] support)"
         return out
 
