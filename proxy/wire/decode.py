@@ -187,8 +187,15 @@ _U16 = struct.Struct("!H")
 _I32 = struct.Struct("!i")
 
 
-def decode_bind(buf, start: int, end: int) -> tuple[str, str, list[tuple[bytes | None, bool]]]:
-    """Bind: (portal, statement, [(value or None for NULL, binary?)]) -- for the recording."""
+def decode_bind_py(buf, start: int, end: int) -> tuple[str, str, list[tuple[bytes | None, bool]]]:
+    """Bind: (portal, statement, [(value or None for NULL, binary?)]) -- for the recording.
+
+    The reference for ``proxy.wire._scan.decode_bind`` and the fallback of
+    ``decode_bind``.  More lenient than PostgreSQL (which the compiled version
+    refuses and leaves to this one): any negative length is NULL, any non-zero
+    format code is binary, extra parameter format codes are ignored, and the
+    result format codes after the parameters are not read.
+    """
     err = ClientProtocolError
     if start < end and buf[start] == 0:          # the unnamed portal, as nearly every driver sends
         portal, pos = "", start + 1
@@ -229,6 +236,28 @@ def decode_bind(buf, start: int, end: int) -> tuple[str, str, list[tuple[bytes |
     if pos > end:
         raise err("Bind message: parameter list runs past the end of the message")
     return portal, statement, params
+
+
+# Bind runs once per executed statement: decoded in C when the optional
+# extension was built (a pgbench Bind: 1.28 µs in Python, 0.16 µs through
+# this wrapper in C).  The C version returns None for anything it does not
+# accept as well-formed, and the reference then decodes it or raises the
+# ClientProtocolError.
+try:
+    from ._scan import decode_bind as decode_bind_c
+except ImportError:        # built without a C compiler (or an older build): the reference
+    decode_bind_c = None
+
+BIND_IMPL = "c" if decode_bind_c is not None else "python"
+
+if decode_bind_c is not None:
+    def decode_bind(buf, start: int, end: int, _c=decode_bind_c,
+                    _py=decode_bind_py) -> tuple[str, str, list[tuple[bytes | None, bool]]]:
+        """Bind: (portal, statement, [(value or None for NULL, binary?)]); see decode_bind_py."""
+        r = _c(buf, start, end)
+        return r if r is not None else _py(buf, start, end)
+else:
+    decode_bind = decode_bind_py
 
 
 def decode_execute(buf, start: int, end: int) -> str:
