@@ -5,6 +5,11 @@ Malformed bodies raise the error class passed in (the client's fault by
 default). Text is decoded as strict UTF-8: a body that is not valid UTF-8
 is an error, never replaced or escaped (policy must see exactly what the
 server would run).
+
+``decode_bind`` (once per executed statement, for the recording) runs in C
+when the optional extension ``proxy.wire._scan`` was built; ``decode_bind_py``
+is the reference, and the fallback for anything the C code refuses
+(``BIND_IMPL`` says which is in use).
 """
 
 import struct

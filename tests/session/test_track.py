@@ -8,12 +8,10 @@ the wrong statement, whatever the pipelining.
 
 import struct
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from proxy.session.enforce import Verdict
 from proxy.session.track import MAX_PARAM_CHARS, StatementTracker, render_params
-from proxy.wire import decode, encode
+from proxy.wire import encode
 
 ALLOW = Verdict(True, "", "read.select", "read")
 DENY = Verdict(False, "pgwarden: denied", "ddl.drop", "ddl")
@@ -152,36 +150,6 @@ def test_render_params():
     assert render_params([(b"\x01", True)], (2950,)) == ["\\x01"]          # not 16 bytes: hex, no crash
     long = render_params([(b"x" * (MAX_PARAM_CHARS + 10), False)])[0]
     assert long.startswith("x" * MAX_PARAM_CHARS) and long.endswith(f"({MAX_PARAM_CHARS + 10} bytes)")
-
-
-def bind_message(portal: str, stmt: str, params: list, formats: list[int]) -> bytes:
-    body = encode.cstr(portal) + encode.cstr(stmt) + struct.pack("!H", len(formats))
-    body += b"".join(struct.pack("!H", f) for f in formats) + struct.pack("!H", len(params))
-    for p in params:
-        body += struct.pack("!i", -1) if p is None else struct.pack("!i", len(p)) + p
-    return body + struct.pack("!H", 0)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.binary(max_size=20)), max_size=8), st.sampled_from(["none", "one", "each"]))
-def test_decode_bind_round_trip(params, fmt):
-    formats = {"none": [], "one": [1], "each": [i % 2 for i in range(len(params))]}[fmt]
-    body = bind_message("p", "s", params, formats)
-    buf = b"junk" + body + b"next message"
-    portal, stmt, got = decode.decode_bind(buf, 4, 4 + len(body))
-    assert (portal, stmt) == ("p", "s")
-    expect_binary = [bool(formats[i]) if len(formats) > 1 else bool(formats[0]) if formats else False
-                     for i in range(len(params))]
-    assert got == list(zip(params, expect_binary))
-
-
-def test_decode_bind_truncated_is_a_protocol_error():
-    import pytest
-
-    from proxy.wire.errors import ClientProtocolError
-    body = bind_message("", "", [b"abcdef"], [])
-    with pytest.raises(ClientProtocolError):
-        decode.decode_bind(body + b"more", 0, len(body) - 6)
 
 
 def data_row(*values) -> bytes:
