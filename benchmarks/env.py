@@ -13,7 +13,10 @@
 - PgBouncer (Debian package ``pgbouncer``) in session mode, SCRAM auth for
   clients, TLS offered, upstream plaintext TCP;
 - optionally (``norec``) a second pgwarden with recording off, to show what
-  the recording costs on its own.
+  the recording costs on its own;
+- optionally (``parts``) more pgwarden processes, each with one part of the
+  recording switched off (``benchmarks/parts_hooks.py``, for
+  ``benchmarks/parts.py``).
 
 ``targets(tls=...)`` gives libpq environments (``PGHOST``, ``PGPORT`` ...)
 for ``direct``, ``pgwarden`` and ``pgbouncer``, so every client (pgbench,
@@ -161,6 +164,7 @@ class BenchEnv:
     workers: int = 1
     norec: bool = False
     bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
+    parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
 
     def __post_init__(self) -> None:
@@ -170,6 +174,7 @@ class BenchEnv:
         self.pgwarden_norec: Proc | None = None
         self.bouncer: Proc | None = None
         self.bare_relay: Proc | None = None
+        self.part_procs: dict[str, Proc] = {}
         self.role = self.password = ""
         self.token = ""
         self.recording = False
@@ -216,6 +221,11 @@ class BenchEnv:
         self.pgwarden = self._start_pgwarden(roles, kp, "pgwarden", self.recording)
         if self.norec and self.recording:
             self.pgwarden_norec = self._start_pgwarden(roles, kp, "pgwarden-norec", False)
+        for part in self.parts:
+            site = str(ROOT / "benchmarks" / "parts_site")
+            self.part_procs[part] = self._start_pgwarden(roles, kp, f"pgwarden-{part}", self.recording, env={
+                "PGWARDEN_BENCH_PART": part,
+                "PYTHONPATH": os.pathsep.join(filter(None, (site, os.environ.get("PYTHONPATH"))))})
         if self.bare:
             self._start_bare_relay()
         if self.pgbouncer:
@@ -255,7 +265,7 @@ class BenchEnv:
                 shutil.chown(path, "postgres", "postgres")
         return cert, key
 
-    def _start_pgwarden(self, roles, kp, name: str, record: bool) -> Proc:
+    def _start_pgwarden(self, roles, kp, name: str, record: bool, env: dict[str, str] | None = None) -> Proc:
         port = free_port()
         wdir = self.work / name
         wdir.mkdir()
@@ -269,7 +279,8 @@ class BenchEnv:
         log_path = wdir / "pgwarden.log"
         popen = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--log-level",
                                   "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
-                                 stderr=open(log_path, "wb"), cwd=str(ROOT))
+                                 stderr=open(log_path, "wb"), cwd=str(ROOT),
+                                 env=dict(os.environ, **env) if env else None)
         proc = Proc(name, popen, popen.pid, port, log_path)
         self.procs.append(proc)
         wait_port(port, proc=popen, what=name)
@@ -352,6 +363,8 @@ pidfile = {d}/pgbouncer.pid
         if self.pgwarden_norec is not None:
             out["pgwarden-norec"] = dict(base, PGPORT=str(self.pgwarden_norec.port), PGUSER=USER,
                                          PGPASSWORD=self.token)
+        for part in self.part_procs:
+            out[f"pgwarden-{part}"] = dict(out["pgwarden"], PGPORT=str(self.part_procs[part].port))
         if self.bare_relay is not None:             # logs in upstream as the direct path does, through it
             out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
         return out

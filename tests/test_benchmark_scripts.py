@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -74,3 +76,52 @@ def test_layer_table_gives_each_layer_as_a_ratio_to_pgbouncer():
                                        " pgwarden, recording on "]
     assert rows[2].rstrip(" |").split(" | ")[-3:] == ["0.90", "0.80", "0.50"]     # medians: 99, 88, 55 / 110
     assert norec_table(Results(runs={"select-only-prepared-c8": {"pgbouncer": [1], "pgwarden": [1]}})) == ""
+
+
+def test_parts_hooks_switch_one_part_off_and_back(tmp_path, monkeypatch):
+    """benchmarks/parts.py's two extra pgwardens: 'no-records' keeps the recorder's own records
+    but writes nothing per statement; 'no-tracker' leaves a session without tracker or server hook.
+    Each patch is undone by what apply() returns."""
+    import types
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from benchmarks.parts_hooks import apply
+    from proxy.audit.config import AuditConfig
+    from proxy.audit.writer import RecorderFactory, SessionRecorder
+    from proxy.net.client_conn import ClientConn
+
+    shipped = SessionRecorder.statement
+    undo = apply("no-records")
+    try:
+        rec = RecorderFactory(AuditConfig(dir=tmp_path), Ed25519PrivateKey.generate()).open(grant="g")
+        rec.start(user="alice")
+        assert rec.statement("select 1", statement_class="read", tag="SELECT 1") is True
+        rec.end("client_closed")
+        types_written = [line.split(b'"type":"')[1].split(b'"')[0] for line in rec.path.read_bytes().splitlines()]
+        assert types_written == [b"session_start", b"session_end"]
+    finally:
+        undo()
+    assert SessionRecorder.statement is shipped
+
+    def start_recording(self):                   # what the shipped method leaves behind
+        self.tracker, self.stream.on_message = "tracker", "hook"
+    monkeypatch.setattr(ClientConn, "_start_recording", start_recording)
+    undo = apply("no-tracker")
+    conn = types.SimpleNamespace(tracker=None, stream=types.SimpleNamespace(on_message=None))
+    ClientConn._start_recording(conn)
+    assert conn.tracker is None and conn.stream.on_message is None
+    undo()
+    assert ClientConn._start_recording is start_recording
+    with pytest.raises(ValueError):
+        apply("no-such-part")
+
+
+def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
+    from benchmarks.parts import table
+
+    out = table({"pgbouncer": [100.0, 300.0, 200.0], "pgwarden": [50.0, 150.0, 100.0]},
+                {"pgbouncer": [(2.0, 20.0)] * 3, "pgwarden": [(30.0, 25.0), (28.0, 26.0), (29.0, 30.0)]})
+    lines = out.splitlines()
+    assert lines[2].split("|")[2:4] == [" 200 ", " 1.00 "]
+    assert lines[3].split("|")[2:6] == [" 100 ", " 0.50 ", " 28.0-30.0 ", " 25.0-30.0 "]

@@ -1,0 +1,94 @@
+"""What each half of the session recording costs: the statement tracker and the record.
+
+    python -m benchmarks.parts                      # select-only -M prepared -c 8, 5 x 6 s
+    python -m benchmarks.parts --duration 8 --repeat 3 --mode simple
+
+Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
+as shipped, pgwarden with recording off, and one pgwarden per part of the
+recording switched off (benchmarks/parts_hooks.py: ``no-tracker``,
+``no-records``), runs the same pgbench workload through each in turn
+(interleaved, repeated) and prints, per path, the median TPS, its ratio to
+PgBouncer, and the proxy process's user and system CPU per transaction
+(``/proc/<pid>/stat`` around each run).  docs/benchmarks.md has a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.env import BenchEnv, log                # noqa: E402
+from benchmarks.parts_hooks import PARTS                # noqa: E402
+from benchmarks.suite import run_pgbench                # noqa: E402
+
+LABELS = {
+    "pgbouncer": "PgBouncer",
+    "pgwarden-norec": "pgwarden, recording off",
+    "pgwarden-no-tracker": "recorder open, no statement tracker",
+    "pgwarden-no-records": "tracker on, statement records not built",
+    "pgwarden": "pgwarden, recording on (as shipped)",
+}
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
+def table(tps: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]]) -> str:
+    """Markdown: median TPS, ratio to PgBouncer's median, user/system µs per transaction (min-max)."""
+    base = statistics.median(tps["pgbouncer"]) if tps.get("pgbouncer") else None
+    rows = ["| path | TPS (median) | / PgBouncer | user µs/tx | system µs/tx |", "|---|---|---|---|---|"]
+    for name, runs in tps.items():
+        if not runs:
+            continue
+        med = statistics.median(runs)
+        ratio = f"{med / base:.2f}" if base else "–"
+        us = [u for u, _ in cpu[name]]
+        sy = [s for _, s in cpu[name]]
+        rows.append(f"| {LABELS.get(name, name)} | {med:,.0f} | {ratio} | {min(us):.1f}-{max(us):.1f} "
+                    f"| {min(sy):.1f}-{max(sy):.1f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=6, help="seconds per pgbench run (default 6)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per path; the median is reported")
+    ap.add_argument("--mode", default="prepared", choices=("prepared", "extended", "simple"))
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args(argv)
+    with BenchEnv(norec=True, parts=PARTS) as env:
+        targets = env.targets()
+        pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
+                **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
+        if env.bouncer is not None:
+            pids["pgbouncer"] = env.bouncer.pid
+        order = [name for name in LABELS if name in targets and name in pids]
+        tps: dict[str, list[float]] = {name: [] for name in order}
+        cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
+        pgbench = ["-n", "-S", "-M", args.mode, "-c", str(args.clients), "-j", "2", "-T", str(args.duration)]
+        for i in range(args.repeat):
+            for name in order:
+                u0, s0 = cpu_seconds(pids[name])
+                rate = run_pgbench(targets[name], pgbench, timeout=args.duration * 5 + 60)
+                u1, s1 = cpu_seconds(pids[name])
+                n = rate * args.duration
+                tps[name].append(rate)
+                cpu[name].append(((u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6))
+                log(f"#{i + 1} {name:22} {rate:9.1f} tps  user {cpu[name][-1][0]:5.1f} us/tx  "
+                    f"system {cpu[name][-1][1]:5.1f} us/tx")
+    print(f"select-only -M {args.mode} -c {args.clients}, {args.repeat} x {args.duration} s, interleaved\n")
+    print(table(tps, cpu))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
