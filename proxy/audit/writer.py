@@ -46,8 +46,8 @@ Rules:
 * Identity is bound explicitly (session id and grant id given to ``open``),
   never read from contextvars: in asyncio.Protocol callbacks they do not
   carry a session's identity, and under uvloop they leak.
-* The file is opened lazily (at the first record) and written through a
-  buffer that is flushed to the kernel after every record, so a killed proxy
+* The file is opened lazily (at the first record) and each record is one
+  ``write(2)`` of its whole line (no buffer of ours), so a killed proxy
   leaves every completed statement on disk (a SIGKILL loses nothing the
   kernel has; a power cut loses what was not fsynced).  fsync policy:
   ``"off"`` never; ``"statement"`` after each record (safest, slowest: a
@@ -85,7 +85,6 @@ __all__ = ["SessionRecorder", "RecorderFactory", "new_session_id", "recording_pa
 
 log = structlog.get_logger("pgwarden.audit")
 
-BUFFER_SIZE = 64 * 1024
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -120,7 +119,7 @@ class SessionRecorder:
     """One session's recording.  Not thread-safe: call it from the session's own loop."""
 
     __slots__ = (
-        "session_id", "grant", "path", "failed", "error", "ended", "_chain", "_file", "_fd",
+        "session_id", "grant", "path", "failed", "error", "ended", "_chain", "_fd",
         "_key", "_kid", "_fsync", "_capture_params", "_capture_rows", "_clock", "_on_failure",
         "_executor", "_started", "_n_statements", "_n_denied", "_n_errors", "_n_rows",
         "_copy_in", "_copy_out", "_copy_both", "_n_notices", "_n_introspection",
@@ -154,8 +153,7 @@ class SessionRecorder:
         self.error: str | None = None
         self.ended = False
         self._chain = R.Chain()
-        self._file = None
-        self._fd = -1
+        self._fd = -1                   # the recording's file, opened at the first record
         self._key = signing_key
         self._kid = key_id
         self._fsync = fsync
@@ -334,21 +332,20 @@ class SessionRecorder:
         fields = {"session": self.session_id, "reason": reason, "totals": counted}
         try:
             line = self._chain.seal(now, fields, self._key, self._kid)
-            self._write(line)
-            self._file.flush()
+            self._append(line)
         except Exception as e:          # never raise into the session
             self._fail(e)
             return False
-        file, self._file = self._file, None
+        fd, self._fd = self._fd, -1
         if self._fsync == "off":
-            self._finish(file, sync=False)
+            self._finish(fd, sync=False)
         elif self._executor is not None:
             try:
-                self._executor.submit(self._finish, file, True)
+                self._executor.submit(self._finish, fd, True)
             except RuntimeError:        # executor shut down: do it here
-                self._finish(file, sync=True)
+                self._finish(fd, sync=True)
         else:
-            self._finish(file, sync=True)
+            self._finish(fd, sync=True)
         return True
 
     @property
@@ -369,7 +366,7 @@ class SessionRecorder:
 
     def _emit(self, rtype: str, fields: dict[str, Any] | None, now: float | None = None,
               built: tuple[bytes, str] | None = None) -> bool:
-        """Chain one record and append it (flushed; fsynced per policy).  Any
+        """Chain one record and append it (one write(2); fsynced per policy).  Any
         failure marks the recorder failed.  ``built``: a line and its digest
         that ``record.statement_line_c`` made for the chain's next seq and
         prev, written as it is (``fields`` is then None)."""
@@ -381,11 +378,7 @@ class SessionRecorder:
             else:
                 line, line_digest = built
                 self._chain.advance(line_digest)
-            file = self._file
-            if file is None:
-                file = self._open()
-            file.write(line)
-            file.flush()
+            self._append(line)
             if self._fsync == "statement":
                 os.fsync(self._fd)
         except Exception as e:          # never raise into the session
@@ -393,12 +386,18 @@ class SessionRecorder:
             return False
         return True
 
-    def _write(self, line: bytes) -> None:
-        if self._file is None:
-            self._open()
-        self._file.write(line)
+    def _append(self, line: bytes) -> None:
+        """One ``write(2)`` of a whole line, no buffer of ours in between: when this
+        returns, the line is the kernel's, and a crash of pgwarden cannot lose it."""
+        fd = self._fd
+        if fd < 0:
+            fd = self._open()
+        done = os.write(fd, line)
+        while done < len(line):         # a short write (the disk filling up, a signal): the rest
+            line = line[done:]
+            done = os.write(fd, line)
 
-    def _open(self):
+    def _open(self) -> int:
         directory = self.path.parent
         if not directory.is_dir():
             _makedirs(directory)
@@ -406,26 +405,25 @@ class SessionRecorder:
                      FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)      # whatever the umask
-            self._file = os.fdopen(fd, "ab", buffering=BUFFER_SIZE)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
         if self._fsync == "statement":
             _fsync_dir(directory)          # the new name survives a crash, not only the data
-        return self._file
+        return fd
 
-    def _finish(self, file, sync: bool) -> None:
+    def _finish(self, fd: int, sync: bool) -> None:
         try:
             if sync:
-                os.fsync(file.fileno())
+                os.fsync(fd)
                 if self._fsync == "session":
                     _fsync_dir(self.path.parent)
         except OSError as e:
             self._log().error("audit_write_failed", path=str(self.path), error=str(e), stage="fsync")
         finally:
             try:
-                file.close()
+                os.close(fd)
             except OSError:
                 pass
 
@@ -442,15 +440,12 @@ class SessionRecorder:
                 self._log().exception("audit_on_failure_error")
 
     def _close_quietly(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
             try:
-                file.close()
-            except Exception:
-                try:
-                    os.close(self._fd)
-                except OSError:
-                    pass
+                os.close(fd)
+            except OSError:
+                pass
 
     def _log(self):
         return log.bind(session_id=self.session_id, grant=self.grant)

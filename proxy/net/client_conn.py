@@ -27,6 +27,7 @@ import socket
 import ssl
 import struct
 import time
+from functools import partial
 
 import structlog
 
@@ -41,7 +42,8 @@ from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
 from .. import metrics
 from ..audit.writer import new_session_id
-from ..session.track import Statement, StatementTracker
+from ..session import track
+from ..session.track import Statement
 from .grant_watch import GrantRefused
 from .tls import MemoryTLS
 from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
@@ -518,9 +520,11 @@ class ClientConn(asyncio.Protocol):
                   user=self.user, database=self.database, grant=claims.jti, scope=claims.scope,
                   reason=claims.reason, ticket=claims.ticket, approver=claims.approver,
                   backend_pid=self.up_pid, upstream_role=self.scope.role)
-        self.tracker = StatementTracker(self._record_statement, capture_params=acfg.capture_params,
-                                        copy_out_bytes=self._copy_out_bytes, capture_rows=acfg.capture_rows,
-                                        watch_rows=self._watch_rows)
+        # The tracker hands each finished statement straight to the recorder (no method of ours in
+        # between); the class is looked up here so tests can swap in the reference implementation.
+        self.tracker = track.StatementTracker(partial(_write_statement, rec), capture_params=acfg.capture_params,
+                                              copy_out_bytes=self._copy_out_bytes, capture_rows=acfg.capture_rows,
+                                              watch_rows=self._watch_rows)
         self.stream.on_message = self.tracker.on_server
 
     def _copy_out_bytes(self) -> int:
@@ -528,30 +532,6 @@ class ClientConn(asyncio.Protocol):
 
     def _watch_rows(self, on: bool) -> None:
         self.stream.watch_rows = on
-
-    def _record_statement(self, st: Statement) -> None:
-        if self.recorder is not None:
-            self._write_statement(self.recorder, st)
-
-    @staticmethod
-    def _write_statement(rec, st: Statement) -> None:
-        v = st.verdict
-        message, sqlstate = st.message, st.sqlstate
-        if v is not None:
-            denied = not v.allowed
-        else:                                   # not judged here (FunctionCall): pgwarden's own error says
-            denied = sqlstate == "42501" and (message or "").startswith("pgwarden:")
-        if st.skipped:
-            message = "not executed: an earlier message of the same pipeline failed"
-        elif st.ended is None:
-            message = message or "interrupted: the session ended before the server answered"
-        ended = st.ended if st.ended is not None else time.time()
-        if st.copy_direction is not None:
-            rec.copy(st.copy_direction, st.copy_bytes, st.rows)
-        rec.statement(text=st.text, params=st.params, statement_class=v.statement_class if v else "admin",
-                      decision="denied" if denied else "allowed", rule=v.rule if v else None,
-                      started=st.started, duration=ended - st.started, tag=st.tag, rows=st.rows,
-                      sqlstate=sqlstate, message=message, via=st.via, rows_sample=st.sample)
 
     def _on_recording_failed(self, error: str) -> None:
         """The recording cannot be written: fail closed, the session does not go on unrecorded."""
@@ -565,7 +545,7 @@ class ClientConn(asyncio.Protocol):
         if tracker is not None:
             self.stream.on_message = None
             for st in tracker.pending():          # sent, never answered: recorded as interrupted
-                self._write_statement(rec, st)
+                _write_statement(rec, st)
         extra = {"lag_ms": self.cut_lag} if self.cut_lag is not None else {}
         rec.end(self.end_reason, **extra)
 
@@ -812,6 +792,30 @@ class ClientConn(asyncio.Protocol):
 
 class _Stop(Exception):
     pass
+
+
+def _write_statement(rec, st: Statement) -> None:
+    """Record one finished (or never answered) statement: the tracker's emit, bound to the recorder."""
+    v = st.verdict
+    message = st.message
+    if v is not None:
+        denied = not v.allowed
+    else:                                   # not judged here (FunctionCall): pgwarden's own error says
+        denied = st.sqlstate == "42501" and (message or "").startswith("pgwarden:")
+    ended = st.ended
+    if st.skipped:
+        message = "not executed: an earlier message of the same pipeline failed"
+    elif ended is None:
+        message = message or "interrupted: the session ended before the server answered"
+    if ended is None:
+        ended = time.time()
+    rows = st.rows
+    if st.copy_direction is not None:
+        rec.copy(st.copy_direction, st.copy_bytes, rows)
+    rec.statement(st.text, params=st.params, statement_class=v.statement_class if v else "admin",
+                  decision="denied" if denied else "allowed", rule=v.rule if v else None,
+                  started=st.started, duration=ended - st.started, tag=st.tag, rows=rows,
+                  sqlstate=st.sqlstate, message=message, via=st.via, rows_sample=st.sample)
 
 
 def _human(seconds: float) -> str:
