@@ -165,6 +165,7 @@ class BenchEnv:
     norec: bool = False
     bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
     parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
+    baseline: Path | None = None    # also a pgwarden (recording on) run from this other source tree
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
 
     def __post_init__(self) -> None:
@@ -175,6 +176,9 @@ class BenchEnv:
         self.bouncer: Proc | None = None
         self.bare_relay: Proc | None = None
         self.part_procs: dict[str, Proc] = {}
+        self.baseline_proc: Proc | None = None
+        if self.baseline is not None and not (Path(self.baseline) / "proxy" / "__main__.py").is_file():
+            raise SystemExit(f"--baseline {self.baseline}: not a pgwarden source tree (no proxy/__main__.py)")
         self.role = self.password = ""
         self.token = ""
         self.recording = False
@@ -226,6 +230,10 @@ class BenchEnv:
             self.part_procs[part] = self._start_pgwarden(roles, kp, f"pgwarden-{part}", self.recording, env={
                 "PGWARDEN_BENCH_PART": part,
                 "PYTHONPATH": os.pathsep.join(filter(None, (site, os.environ.get("PYTHONPATH"))))})
+        if self.baseline is not None:
+            tree = Path(self.baseline).resolve()
+            self.baseline_proc = self._start_pgwarden(roles, kp, "pgwarden-baseline", self.recording, root=tree,
+                                                      env={"PYTHONPATH": str(tree)})
         if self.bare:
             self._start_bare_relay()
         if self.pgbouncer:
@@ -265,7 +273,9 @@ class BenchEnv:
                 shutil.chown(path, "postgres", "postgres")
         return cert, key
 
-    def _start_pgwarden(self, roles, kp, name: str, record: bool, env: dict[str, str] | None = None) -> Proc:
+    def _start_pgwarden(self, roles, kp, name: str, record: bool, env: dict[str, str] | None = None,
+                        root: Path = ROOT) -> Proc:
+        """One ``pgwarden serve``; ``root``: the source tree it runs from (``-m proxy`` in that directory)."""
         port = free_port()
         wdir = self.work / name
         wdir.mkdir()
@@ -279,7 +289,7 @@ class BenchEnv:
         log_path = wdir / "pgwarden.log"
         popen = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--log-level",
                                   "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
-                                 stderr=open(log_path, "wb"), cwd=str(ROOT),
+                                 stderr=open(log_path, "wb"), cwd=str(root),
                                  env=dict(os.environ, **env) if env else None)
         proc = Proc(name, popen, popen.pid, port, log_path)
         self.procs.append(proc)
@@ -365,6 +375,8 @@ pidfile = {d}/pgbouncer.pid
                                          PGPASSWORD=self.token)
         for part in self.part_procs:
             out[f"pgwarden-{part}"] = dict(out["pgwarden"], PGPORT=str(self.part_procs[part].port))
+        if self.baseline_proc is not None:
+            out["pgwarden-baseline"] = dict(out["pgwarden"], PGPORT=str(self.baseline_proc.port))
         if self.bare_relay is not None:             # logs in upstream as the direct path does, through it
             out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
         return out

@@ -2,6 +2,7 @@
 
     python -m benchmarks.parts                      # select-only -M prepared -c 8, 5 x 6 s
     python -m benchmarks.parts --duration 8 --repeat 3 --mode simple
+    python -m benchmarks.parts --baseline /tmp/before    # also the code of another checkout
 
 Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
 as shipped, pgwarden with recording off, and one pgwarden per part of the
@@ -10,6 +11,11 @@ recording switched off (benchmarks/parts_hooks.py: ``no-tracker``,
 (interleaved, repeated) and prints, per path, the median TPS, its ratio to
 PgBouncer, and the proxy process's user and system CPU per transaction
 (``/proc/<pid>/stat`` around each run).  docs/benchmarks.md has a run.
+
+``--baseline DIR`` adds a pgwarden (recording on) run from another source
+tree, e.g. ``git worktree add /tmp/before HEAD~3`` with its C extensions
+built (``cd /tmp/before && python setup.py build_ext --inplace``): the
+code before a change and after it, measured in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ LABELS = {
     "pgwarden-no-tracker": "recorder open, no statement tracker",
     "pgwarden-no-records": "tracker on, statement records not built",
     "pgwarden": "pgwarden, recording on (as shipped)",
+    "pgwarden-baseline": "pgwarden, recording on, --baseline tree",
 }
 
 
@@ -64,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="runs per path; the median is reported")
     ap.add_argument("--mode", default="prepared", choices=("prepared", "extended", "simple"))
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="also run pgwarden (recording on) from this other source tree")
     args = ap.parse_args(argv)
-    with BenchEnv(norec=True, parts=PARTS) as env:
+    with BenchEnv(norec=True, parts=PARTS, baseline=args.baseline) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
                 **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
+        if env.baseline_proc is not None:
+            pids["pgwarden-baseline"] = env.baseline_proc.pid
         if env.bouncer is not None:
             pids["pgbouncer"] = env.bouncer.pid
         order = [name for name in LABELS if name in targets and name in pids]
