@@ -4,7 +4,8 @@
 messages in C (see proxy/wire/server_stream.py and proxy/wire/decode.py); ``policy.sql._maskkey`` builds the
 masked-literal cache key in C (see policy/sql/masked.py);
 ``proxy.audit._recline`` builds a recording's statement line and its
-hash in C (see proxy/audit/record.py).  All are optional: without a C
+hash in C (see proxy/audit/record.py); ``proxy.session._track`` is the
+statement tracker (see proxy/session/track.py).  All are optional: without a C
 compiler (or Python headers) the build prints a warning and pgwarden
 uses the pure-Python versions, which are the reference.
 ``pip install -e .`` builds them in place.
@@ -16,4 +17,5 @@ setup(ext_modules=[
     Extension("proxy.wire._scan", ["proxy/wire/_scan.c"], optional=True),
     Extension("policy.sql._maskkey", ["policy/sql/_maskkey.c"], optional=True),
     Extension("proxy.audit._recline", ["proxy/audit/_recline.c"], optional=True),
+    Extension("proxy.session._track", ["proxy/session/_track.c"], optional=True),
 ])

@@ -20,8 +20,22 @@ statement with its outcome:
   of that group's last Parse.
 * FunctionCall: one statement, emitted at its ReadyForQuery.
 
-Nothing here is on the per-row path: DataRows are never seen, a row count
-comes from the command tag.
+A row count comes from the command tag. DataRows are seen only when the
+first rows of each statement are captured (``capture_rows``), and only
+until the statement has them (``watch_rows`` tells the server stream).
+
+The tracker runs once or more per statement on the relay's hot path, so it
+is compiled: the optional C extension ``proxy.session._track`` (built by
+``pip install -e .`` when a C compiler is present) has the same two classes
+with the same API and behaviour, down to the order of the calls made to
+``clock``, ``emit``, ``watch_rows`` and ``copy_out_bytes``.
+``StatementTrackerPy`` and ``StatementPy`` below are the reference, and the
+fallback: ``StatementTracker`` / ``Statement`` are the C classes when the
+extension was built and passes a self-test on import (a fixed session run
+through both, compared), else these. ``TRACKER_IMPL`` says which ("c" or
+"python"). The C classes call this module's ``render_params`` (binary or
+long parameters), ``_data_row``, ``_error_fields`` and ``StatementPy.rows``
+(tags that are not ASCII) for what they leave to Python.
 """
 
 from __future__ import annotations
@@ -37,13 +51,14 @@ from ..wire.constants import (PqMsg_CommandComplete, PqMsg_CopyBothResponse, PqM
                               PqMsg_CopyOutResponse, PqMsg_DataRow, PqMsg_EmptyQueryResponse, PqMsg_ErrorResponse,
                               PqMsg_PortalSuspended, PqMsg_ReadyForQuery)
 
-__all__ = ["Statement", "StatementTracker", "render_params", "MAX_PARAM_CHARS"]
+__all__ = ["Statement", "StatementTracker", "StatementPy", "StatementTrackerPy", "StatementC", "StatementTrackerC",
+           "TRACKER_IMPL", "render_params", "MAX_PARAM_CHARS"]
 
 MAX_PARAM_CHARS = 1024          # a recorded parameter longer than this is cut, and says so
 
 
-class Statement:
-    """One statement and what became of it."""
+class StatementPy:
+    """One statement and what became of it (the reference; ``Statement`` is the class in use)."""
 
     __slots__ = ("text", "via", "started", "ended", "params", "verdict", "tags", "sqlstate", "message",
                  "copy_direction", "copy_bytes", "skipped", "sample")
@@ -84,18 +99,20 @@ class _Group:
     __slots__ = ("items", "next", "failed", "last_parse", "synced")
 
     def __init__(self) -> None:
-        self.items: list[Statement] = []
+        self.items: list[StatementPy] = []
         self.next = 0                        # the first item the server has not answered
         self.failed = False
         self.last_parse: tuple[str, Any] | None = None
         self.synced = False
 
 
-class StatementTracker:
+class StatementTrackerPy:
+    """The reference tracker (``StatementTracker`` is the class in use): see the module docstring."""
+
     __slots__ = ("emit", "clock", "capture_params", "groups", "statements", "portals", "copy_in", "copy_out_of",
                  "copying", "capture_rows", "watch_rows")
 
-    def __init__(self, emit: Callable[[Statement], None], *, capture_params: bool = True,
+    def __init__(self, emit: Callable[[StatementPy], None], *, capture_params: bool = True,
                  copy_out_bytes: Callable[[], int] | None = None, clock: Callable[[], float] = time.time,
                  capture_rows: int = 0, watch_rows: Callable[[bool], None] | None = None) -> None:
         """capture_rows: keep the first N DataRows of each statement; watch_rows(on) asks the
@@ -108,7 +125,7 @@ class StatementTracker:
         self.portals: dict[str, tuple[str, Any, Any]] = {}  # portal -> (text, verdict, params)
         self.copy_in = 0                     # CopyData bytes from the client during COPY FROM STDIN
         self.copy_out_of = copy_out_bytes or (lambda: 0)
-        self.copying: tuple[Statement, int] | None = None  # the statement in COPY, server bytes at its start
+        self.copying: tuple[StatementPy, int] | None = None  # the statement in COPY, server bytes at its start
         self.capture_rows = capture_rows
         self.watch_rows = watch_rows if capture_rows > 0 else None
         if self.watch_rows is not None:
@@ -118,12 +135,12 @@ class StatementTracker:
 
     def query(self, text: str, verdict) -> None:
         group = self.groups[-1]
-        group.items.append(Statement(text, "query", self.clock(), verdict))
+        group.items.append(StatementPy(text, "query", self.clock(), verdict))
         self._sync()
 
     def function_call(self, verdict) -> None:
         group = self.groups[-1]
-        group.items.append(Statement("<FunctionCall message>", "function_call", self.clock(), verdict))
+        group.items.append(StatementPy("<FunctionCall message>", "function_call", self.clock(), verdict))
         self._sync()
 
     def parse(self, name: str, text: str, verdict, param_types: tuple[int, ...] = ()) -> None:
@@ -139,7 +156,7 @@ class StatementTracker:
     def execute(self, portal: str) -> None:
         found = self.portals.get(portal)
         text, verdict, params = found if found is not None else ("<unknown portal %r>" % portal, None, None)
-        self.groups[-1].items.append(Statement(text, "execute", self.clock(), verdict, params))
+        self.groups[-1].items.append(StatementPy(text, "execute", self.clock(), verdict, params))
 
     def close(self, kind: str, name: str) -> None:
         (self.statements if kind == "S" else self.portals).pop(name, None)
@@ -193,7 +210,7 @@ class StatementTracker:
                 if group.last_parse is None and not group.synced:
                     return                   # an error outside any request (e.g. a FATAL): the end says it
                 text, verdict = group.last_parse or ("<no statement>", None)
-                st = Statement(text, "parse", now, verdict)
+                st = StatementPy(text, "parse", now, verdict)
                 group.items.append(st)
                 group.next = len(group.items) - 1
             fields = _error_fields(body)
@@ -212,12 +229,12 @@ class StatementTracker:
                 self.copy_in = 0
                 self.copying = (st, self.copy_out_of())
 
-    def _current(self, group: _Group) -> Statement | None:
+    def _current(self, group: _Group) -> StatementPy | None:
         if group.next < len(group.items):
             return group.items[group.next]
         return None
 
-    def _end_copy(self, st: Statement) -> None:
+    def _end_copy(self, st: StatementPy) -> None:
         if self.copying is not None and self.copying[0] is st:
             st.copy_bytes += self.copy_in if st.copy_direction == "in" else self.copy_out_of() - self.copying[1]
             self.copying = None
@@ -236,7 +253,7 @@ class StatementTracker:
         else:                                # a ReadyForQuery nobody asked for: start afresh
             self.groups[0] = _Group()
 
-    def pending(self) -> list[Statement]:
+    def pending(self) -> list[StatementPy]:
         """Statements sent and not yet answered (a session cut mid-statement)."""
         return [st for g in self.groups for st in g.items[g.next:]]
 
@@ -308,3 +325,159 @@ def render_params(params: list | None, types: tuple[int, ...] = ()) -> list | No
             text = text[:MAX_PARAM_CHARS] + f"... ({len(value)} bytes)"
         out.append(text)
     return out
+
+
+# ------------------------------------------------------------------ the compiled tracker
+
+STATEMENT_ATTRS = ("text", "via", "started", "ended", "params", "verdict", "tags", "sqlstate", "message",
+                   "copy_direction", "copy_bytes", "skipped", "sample", "rows", "tag")
+
+
+def _freeze(value: Any) -> Any:
+    """Lists as tuples, all the way down: a value that later appends cannot change."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _snapshot(st: Any) -> tuple:
+    """Every attribute of a statement (``rows`` and ``tag`` included), as it is now."""
+    return tuple(_freeze(getattr(st, a)) for a in STATEMENT_ATTRS)
+
+
+def _self_test_log(tracker_cls: Any) -> list:
+    """A fixed session through ``tracker_cls``: every callback call and emitted statement, in order."""
+    log: list = []
+    now = [1000.0]
+    server = [0]
+
+    def clock() -> float:
+        now[0] += 0.25
+        log.append(("clock", now[0]))
+        return now[0]
+
+    def copy_out() -> int:
+        log.append(("copy_out", server[0]))
+        return server[0]
+
+    def emit(st: Any) -> None:
+        log.append(("emit", _snapshot(st)))
+
+    def watch(on: bool) -> None:
+        log.append(("watch", on))
+
+    def err(*fields: bytes) -> bytes:
+        return b"".join(f + b"\x00" for f in fields) + b"\x00"
+
+    def row(*values: bytes | None) -> bytes:
+        out = struct.pack("!h", len(values))
+        for v in values:
+            out += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+        return out
+
+    ok, no = ("allow", 1), ("deny", 2)
+    t = tracker_cls(emit, clock=clock, copy_out_bytes=copy_out, capture_rows=2, watch_rows=watch)
+    # a simple query, several statements, rows captured
+    t.query("BEGIN; SELECT x FROM t", ok)
+    t.on_server(PqMsg_CommandComplete, b"BEGIN\x00")
+    for v in (b"1", b"\xff", None):
+        t.on_server(PqMsg_DataRow, row(v, b"x" * 3))
+    t.on_server(PqMsg_CommandComplete, b"SELECT 3\x00")
+    t.on_server(PqMsg_ReadyForQuery, b"T")
+    # an extended pipeline: an answer, an error, skipped statements, a FunctionCall after it
+    t.parse("", "SELECT $1::int", ok, (23,))
+    t.bind("", "", [(b"\x00\x00\x00\x07", True)])
+    t.execute("")
+    t.parse("s2", "SELECT 1/$1", no)
+    t.bind("p", "s2", [(b"0", False), (None, False), (b"\xff\xfe", False), (b"y" * (MAX_PARAM_CHARS + 1), False)])
+    t.execute("p")
+    t.bind("", "nope", [])
+    t.execute("")
+    t.execute("gone")
+    t.sync()
+    t.function_call(None)
+    t.close("S", "s2")
+    t.close("P", "p")
+    t.on_server(PqMsg_CommandComplete, b"SELECT 1\x00")
+    t.on_server(PqMsg_ErrorResponse, err(b"SERROR", b"C22012", b"Mdivision by zero"))
+    t.on_server(PqMsg_ReadyForQuery, b"E")
+    t.on_server(PqMsg_ErrorResponse, err(b"C42501", b"Mpgwarden: no"))
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    # a Parse that fails alone; an error with no fields; an unsolicited ReadyForQuery
+    t.parse("bad", "SELEC 1", no)
+    t.sync()
+    t.on_server(PqMsg_ErrorResponse, err(b"C42601", b"Msyntax error"))
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    t.on_server(PqMsg_ErrorResponse, err())
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    # COPY in and out, an empty query, a suspended portal
+    t.query("COPY t FROM STDIN", ok)
+    t.on_server(PqMsg_CopyInResponse, b"\x00\x00\x00")
+    t.copy_data(10)
+    t.copy_data(5)
+    t.on_server(PqMsg_CommandComplete, b"COPY 2\x00")
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    t.query("COPY t TO STDOUT", ok)
+    server[0] += 100
+    t.on_server(PqMsg_CopyOutResponse, b"\x00\x00\x00")
+    server[0] += 42
+    t.on_server(PqMsg_CommandComplete, b"COPY 3\x00")
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    t.query("", ok)
+    t.on_server(PqMsg_EmptyQueryResponse, b"")
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    t.parse("", "SELECT g FROM generate_series(1, 9) g", ok)
+    t.bind("c", "", None)
+    t.execute("c")
+    t.sync()
+    t.on_server(PqMsg_PortalSuspended, b"")
+    t.on_server(PqMsg_ReadyForQuery, b"T")
+    t.query("SELECT pg_sleep(60)", ok)
+    log.append(("pending", [_snapshot(st) for st in t.pending()]))
+    # no parameters captured; the default copy_out_bytes; tags that are not UTF-8 or not ASCII
+    t = tracker_cls(emit, clock=clock, capture_params=False)
+    t.parse("", "INSERT ...", ok)
+    t.bind("", "", [(b"1", False)])
+    t.execute("")
+    t.sync()
+    t.on_server(PqMsg_CommandComplete, b"INSERT 0 5\x00")
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    t.query("SELECT ...", ok)
+    t.on_server(PqMsg_CopyBothResponse, b"\x00\x00\x00")
+    t.on_server(PqMsg_CommandComplete, b"SELECT \xff 2\x00\x00")
+    t.on_server(PqMsg_CommandComplete, "SELECT \u0663".encode() + b"\x00")
+    t.on_server(PqMsg_ReadyForQuery, b"I")
+    log.append(("pending", [_snapshot(st) for st in t.pending()]))
+    return log
+
+
+def _passes(tracker_cls: Any, statement_cls: Any) -> bool:
+    """Does ``tracker_cls`` do exactly what ``StatementTrackerPy`` does in ``_self_test_log``?"""
+    try:
+        if _self_test_log(tracker_cls) != _self_test_log(StatementTrackerPy):
+            return False
+        made = [cls("SELECT 1", "query", 1.0, ("allow", 1), ["1"]) for cls in (statement_cls, StatementPy)]
+        for st in made:
+            st.tags += ["BEGIN", "INSERT 0 5"]
+        return _snapshot(made[0]) == _snapshot(made[1])
+    except Exception:  # noqa: BLE001 - any surprise: do not use it
+        return False
+
+
+try:
+    from . import _track
+except ImportError:        # built without a C compiler (or an older build): the reference
+    _track = None
+
+StatementTrackerC: Any = None
+StatementC: Any = None
+if _track is not None:
+    _track._setup(render_params, _data_row, _error_fields, StatementPy.rows.fget, MAX_PARAM_CHARS)
+    if _passes(_track.StatementTracker, _track.Statement):
+        StatementTrackerC, StatementC = _track.StatementTracker, _track.Statement
+
+#: The classes in use: the compiled ones when built and passing the self-test, else the reference.
+StatementTracker: Any = StatementTrackerC if StatementTrackerC is not None else StatementTrackerPy
+Statement: Any = StatementC if StatementC is not None else StatementPy
+#: Which tracker is in use: "c" or "python".
+TRACKER_IMPL = "c" if StatementTrackerC is not None else "python"

@@ -4,14 +4,22 @@ What auditors rely on: one statement record per Query / Execute, in order,
 with its own command tags, rows, error and COPY bytes; after an error in a
 pipeline the statements the server skipped say so; nothing is attributed to
 the wrong statement, whatever the pipelining.
+
+Every test runs with both trackers, the Python reference and the compiled
+one (conftest's ``tracker_impl``); tests/session/test_track_c.py compares
+them directly.
 """
 
 import struct
 
+import pytest
 
+from proxy.session import track
 from proxy.session.enforce import Verdict
-from proxy.session.track import MAX_PARAM_CHARS, StatementTracker, render_params
+from proxy.session.track import MAX_PARAM_CHARS, render_params
 from proxy.wire import encode
+
+pytestmark = pytest.mark.usefixtures("tracker_impl")
 
 ALLOW = Verdict(True, "", "read.select", "read")
 DENY = Verdict(False, "pgwarden: denied", "ddl.drop", "ddl")
@@ -39,7 +47,7 @@ class Clock:
 
 def make(copy_out=lambda: 0):
     out = []
-    return out, StatementTracker(out.append, copy_out_bytes=copy_out, clock=Clock())
+    return out, track.StatementTracker(out.append, copy_out_bytes=copy_out, clock=Clock())
 
 
 def test_simple_query_with_several_statements_is_one_record_with_every_tag():
@@ -162,7 +170,7 @@ def data_row(*values) -> bytes:
 def test_first_rows_captured_and_the_stream_told_when_to_stop_showing_rows():
     out = []
     watching = []
-    t = StatementTracker(out.append, clock=Clock(), capture_rows=2, watch_rows=watching.append)
+    t = track.StatementTracker(out.append, clock=Clock(), capture_rows=2, watch_rows=watching.append)
     assert watching == [True]
     D = ord("D")
     t.query("SELECT ...", ALLOW)
@@ -189,3 +197,12 @@ def test_rows_not_captured_when_off():
     t.on_server(C, b"SELECT 1\x00")
     t.on_server(Z, b"I")
     assert out[0].sample is None
+
+
+def test_the_statements_are_the_implementations_own(tracker_impl):
+    out, t = make()
+    t.query("SELECT 1", ALLOW)
+    t.on_server(C, b"SELECT 1\x00")
+    t.on_server(Z, b"I")
+    assert type(t).__module__ == ("proxy.session.track" if tracker_impl == "python" else "proxy.session._track")
+    assert type(out[0]) is track.Statement
