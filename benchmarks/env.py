@@ -27,6 +27,7 @@ is missing and we are root.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import shutil
@@ -406,21 +407,16 @@ pidfile = {d}/pgbouncer.pid
             out["uvloop"] = "not installed"
         if self.bouncer is not None:
             out["pgbouncer"] = first_line([pgbouncer_path() or "pgbouncer", "--version"])
-        try:
-            from proxy.wire import server_stream
-            out["header scanner"] = getattr(server_stream, "SCANNER_IMPL", "python")
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            from policy.sql import masked
-            out["masked key"] = masked.KEY_IMPL
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            from proxy.audit import record
-            out["record line"] = record.LINE_IMPL
-        except Exception:  # noqa: BLE001
-            pass
+        # which of the optional C extensions this pgwarden runs ("c") or their Python references
+        for label, module, attr in (("header scanner", "proxy.wire.server_stream", "SCANNER_IMPL"),
+                                    ("bind decoder", "proxy.wire.decode", "BIND_IMPL"),
+                                    ("masked key", "policy.sql.masked", "KEY_IMPL"),
+                                    ("statement tracker", "proxy.session.track", "TRACKER_IMPL"),
+                                    ("record line", "proxy.audit.record", "LINE_IMPL")):
+            try:
+                out[label] = getattr(importlib.import_module(module), attr)
+            except Exception:  # noqa: BLE001
+                pass
         out["recording"] = "on" if self.recording else "off (no [audit] support)"
         return out
 

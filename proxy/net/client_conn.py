@@ -106,7 +106,7 @@ class ClientConn(asyncio.Protocol):
         self.session_id = new_session_id(self.started_at)
         self.grant_recorded = False              # the grant store holds this session's start
         self.recorder = None                     # proxy.audit SessionRecorder when [audit] is configured
-        self.tracker: StatementTracker | None = None   # pairs statements with their outcome, for the recorder
+        self.tracker: track.StatementTracker | None = None   # pairs statements with their outcome, for the recorder
         self.cut_lag: float | None = None        # ms from the deadline to the cut, when cut at a deadline
         self.live = False                        # counted in the sessions_active metric
 
