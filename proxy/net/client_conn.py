@@ -35,7 +35,7 @@ from policy import tokens
 from policy.startup import StartupRefused, filter_startup
 
 from ..wire import constants as c
-from ..wire import decode, encode
+from ..wire import decode, encode, framing
 from ..wire.errors import ClientProtocolError, ProtocolError
 from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
@@ -54,6 +54,11 @@ STARTUP, AUTH, CONNECTING, RELAY, CLOSED = "STARTUP", "AUTH", "CONNECTING", "REL
 
 HOLD_LIMIT = 1 << 20          # bytes held from the client while the upstream logs in before pausing reads
 APP_NAME_MAX = 63             # NAMEDATALEN - 1
+
+# Where _relay's walk (framing.walk_client) must stop besides the types it leaves to Python anyway:
+# at Bind while a Parse was denied (Enforcer.check_bind must see every Bind then).
+_WALK_STOP = bytes(256)
+_WALK_STOP_BIND = bytes(t == c.PqMsg_Bind for t in range(256))
 
 
 class ClientConn(asyncio.Protocol):
@@ -422,7 +427,21 @@ class ClientConn(asyncio.Protocol):
         gate = self.server.gate
         enforcer = self.enforcer
         tracker = self.tracker
+        walk = framing.walk_client
+        max_size = scanner.max_message_size
         while self.waiting is None:
+            # framing.walk_client (compiled) steps over the messages that need no policy decision --
+            # Bind, Execute, Sync, CopyData, Describe, Flush, CopyDone, CopyFail -- doing for each
+            # what the branches below would, and stops before anything else (or malformed, or not
+            # whole), which they then take. The walked bytes stay in the forwarded range. If a
+            # tracker method raises, it propagates with scanner.pos and sync_points not advanced for
+            # that walk's messages (the branches would have advanced both); nothing is forwarded
+            # either way, and data_received fails the session.
+            pos, syncs = walk(buf, scanner.pos, _WALK_STOP_BIND if enforcer.denied_statements else _WALK_STOP,
+                              max_size, tracker)
+            scanner.pos = pos
+            if syncs:
+                self.sync_points += syncs
             frame = scanner.next_frame()
             if frame is NEED_DATA:
                 break

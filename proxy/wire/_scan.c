@@ -1,7 +1,8 @@
 /*
  * proxy.wire._scan: the compiled hot-path helpers of proxy.wire.  Each has a
  * pure-Python reference, which is also the fallback when this module was not
- * built; the tests run both and compare them.
+ * built (for walk_client, the relay's own per-message dispatch); the tests
+ * run both and compare them.
  *
  * skip(data, pos, stop, count_copy) -> (pos, copy_bytes)
  *
@@ -45,6 +46,42 @@
  * Reads only inside [start, end); copies only the values and names it
  * returns.  A wrong argument count or a buf that is not a buffer raises
  * TypeError.
+ *
+ * walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs)
+ *
+ * The client->server counterpart of skip, for ClientConn._relay: from pos,
+ * step over whole client messages (type byte, big-endian int32 length
+ * counting itself) doing for each exactly what _relay's Python dispatch does
+ * for it -- which is the reference: the walk is only an accelerator, and
+ * proxy.wire.framing.walk_client_noop (walk nothing) must give the same
+ * session.  tracker is the session's StatementTracker, or None.
+ *
+ *   Bind ('B')      tracker: decoded as decode_bind does (the decoder above),
+ *                   then tracker.bind(portal, statement, params); a Bind the
+ *                   decoder refuses is not walked (Python's decode_bind then
+ *                   decodes it leniently or raises).
+ *   Execute ('E')   tracker: tracker.execute(portal), the name as
+ *                   decode_execute gives it; no NUL or not UTF-8: not walked.
+ *   Sync ('S')      counted in syncs; tracker: tracker.sync().
+ *   CopyData ('d')  tracker: tracker.copy_data(payload bytes).
+ *   Describe ('D'), Flush ('H'), CopyDone ('c'), CopyFail ('f'): nothing.
+ *
+ * Without a tracker Bind and Execute are not decoded (as in _relay).  The
+ * walk stops before the first message that is not whole in buf (or with
+ * fewer than 5 bytes left), has a length below 4 or above max_size (the
+ * scanner's next_frame raises the error), has a non-zero byte in the
+ * 256-byte table stop (the relay puts Bind there while a denied prepared
+ * statement exists: Enforcer.check_bind must see each Bind), or has any
+ * other type (Query, Parse, Close, FunctionCall, Terminate, PasswordMessage,
+ * unknown types: the policy's, or an error, in Python).  Returns the offset
+ * after the last message walked and the number of Syncs among them.
+ *
+ * The buffer export is held for the whole walk: the tracker's methods are
+ * Python code, and a bytearray that is exported cannot be resized (an
+ * attempt raises BufferError there), so the pointer stays valid.  An
+ * exception raised by a tracker method propagates at once: the tracker has
+ * seen every call up to the one that raised, and the offset and Sync count
+ * reached are lost (the relay fails the session; see ClientConn._relay).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -153,35 +190,20 @@ bind_name(const unsigned char *p, Py_ssize_t *pos, Py_ssize_t end)
     return name;
 }
 
-static PyObject *
-scan_decode_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/*
+ * The Bind body p[start:end] (0 <= start < end, inside the buffer), decoded
+ * into out[0] portal, out[1] statement, out[2] params (new references).
+ * Returns 1 when decoded, 0 to refuse (nothing set, no exception: the
+ * reference must judge it), -1 on a real error (exception set, memory).
+ */
+static int
+bind_body(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject **out)
 {
-    Py_buffer view;
-    Py_ssize_t start, end, pos;
-    const unsigned char *p, *fmts;
-    PyObject *portal = NULL, *statement = NULL, *params = NULL, *result;
+    Py_ssize_t pos = start;
+    const unsigned char *fmts;
+    PyObject *portal = NULL, *statement = NULL, *params = NULL;
     unsigned int nfmt, nparams, nres, i;
     int fmt_all;
-
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "decode_bind(buf, start, end) takes 3 arguments");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    /* Offsets: exact ints only (anything else is the reference's to judge). */
-    if (!PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2]))
-        goto refuse;
-    start = PyLong_AsSsize_t(args[1]);
-    end = PyLong_AsSsize_t(args[2]);
-    if ((start == -1 || end == -1) && PyErr_Occurred()) {      /* OverflowError */
-        PyErr_Clear();
-        goto refuse;
-    }
-    if (start < 0 || start >= end || end > view.len)    /* an empty body has no portal name */
-        goto refuse;
-    p = (const unsigned char *) view.buf;
-    pos = start;
 
     if ((portal = bind_name(p, &pos, end)) == NULL)
         goto refuse_or_error;
@@ -254,13 +276,10 @@ scan_decode_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (read_u16(p + pos + 2 * i) > 1)
             goto refuse;
 
-    if ((result = PyTuple_New(3)) == NULL)
-        goto error;
-    PyTuple_SET_ITEM(result, 0, portal);
-    PyTuple_SET_ITEM(result, 1, statement);
-    PyTuple_SET_ITEM(result, 2, params);
-    PyBuffer_Release(&view);
-    return result;
+    out[0] = portal;
+    out[1] = statement;
+    out[2] = params;
+    return 1;
 
 refuse_or_error:
     if (PyErr_Occurred())
@@ -269,14 +288,203 @@ refuse:
     Py_XDECREF(params);             /* slots not yet filled are NULL: fine for the list */
     Py_XDECREF(statement);
     Py_XDECREF(portal);
-    PyBuffer_Release(&view);
-    Py_RETURN_NONE;
+    return 0;
 
 error:
     Py_XDECREF(params);
     Py_XDECREF(statement);
     Py_XDECREF(portal);
+    return -1;
+}
+
+static PyObject *
+scan_decode_bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t start, end;
+    PyObject *out[3], *result;
+    int ok;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "decode_bind(buf, start, end) takes 3 arguments");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    /* Offsets: exact ints only (anything else is the reference's to judge). */
+    if (!PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2]))
+        goto refuse;
+    start = PyLong_AsSsize_t(args[1]);
+    end = PyLong_AsSsize_t(args[2]);
+    if ((start == -1 || end == -1) && PyErr_Occurred()) {      /* OverflowError */
+        PyErr_Clear();
+        goto refuse;
+    }
+    if (start < 0 || start >= end || end > view.len)    /* an empty body has no portal name */
+        goto refuse;
+    ok = bind_body((const unsigned char *) view.buf, start, end, out);
     PyBuffer_Release(&view);
+    if (ok < 0)
+        return NULL;
+    if (ok == 0)
+        Py_RETURN_NONE;
+    if ((result = PyTuple_New(3)) == NULL) {
+        Py_DECREF(out[0]);
+        Py_DECREF(out[1]);
+        Py_DECREF(out[2]);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, out[0]);
+    PyTuple_SET_ITEM(result, 1, out[1]);
+    PyTuple_SET_ITEM(result, 2, out[2]);
+    return result;
+
+refuse:
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* Interned method names of the statement tracker (set by the module init). */
+static PyObject *str_bind, *str_execute, *str_sync, *str_copy_data;
+
+/* tracker.<name>(*args), args[0] being the tracker; 0, or -1 with the exception set. */
+static int
+call_tracker(PyObject *name, PyObject *const *args, size_t nargs)
+{
+    PyObject *r = PyObject_VectorcallMethod(name, args, nargs, NULL);
+
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static PyObject *
+scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data, stop;
+    Py_ssize_t pos, n, max_size, syncs = 0;
+    PyObject *tracker;
+    const unsigned char *p, *table;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "walk_client(buf, pos, stop, max_size, tracker) takes 5 arguments");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    max_size = PyLong_AsSsize_t(args[3]);
+    if (max_size == -1 && PyErr_Occurred())
+        return NULL;
+    tracker = args[4] == Py_None ? NULL : args[4];
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
+        return NULL;
+    }
+    /* Held until the walk returns: while exported, a bytearray cannot be resized, so p and n stay
+     * valid across the tracker's calls (Python code, which could try: it gets a BufferError). */
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &stop, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (stop.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
+        goto error;
+    }
+    p = (const unsigned char *) data.buf;
+    table = (const unsigned char *) stop.buf;
+    n = data.len;
+
+    while (n - pos >= 5) {
+        unsigned char type = p[pos];
+        int32_t length;
+        Py_ssize_t start, end;
+
+        if (table[type])
+            break;
+        length = read_i32(p + pos + 1);
+        if (length < 4 || (Py_ssize_t) length > max_size)     /* next_frame raises the error */
+            break;
+        end = pos + 1 + (Py_ssize_t) length;
+        if (end > n)
+            break;
+        start = pos + 5;
+        switch (type) {
+        case 'D':                   /* Describe, Flush, CopyDone, CopyFail: forwarded, nothing else */
+        case 'H':
+        case 'c':
+        case 'f':
+            break;
+        case 'S':                   /* Sync */
+            if (tracker != NULL) {
+                PyObject *a[1] = {tracker};
+                if (call_tracker(str_sync, a, 1) < 0)
+                    goto error;
+            }
+            syncs++;
+            break;
+        case 'd':                   /* CopyData */
+            if (tracker != NULL) {
+                PyObject *a[2] = {tracker, PyLong_FromSsize_t(end - start)};
+                int rc;
+                if (a[1] == NULL)
+                    goto error;
+                rc = call_tracker(str_copy_data, a, 2);
+                Py_DECREF(a[1]);
+                if (rc < 0)
+                    goto error;
+            }
+            break;
+        case 'E':                   /* Execute: the portal name as decode_execute gives it */
+            if (tracker != NULL) {
+                PyObject *a[2] = {tracker, NULL};
+                Py_ssize_t q = start;
+                int rc;
+                if (start < end && p[start] == 0)
+                    a[1] = PyUnicode_New(0, 0);
+                else if ((a[1] = bind_name(p, &q, end)) == NULL && !PyErr_Occurred())
+                    goto done;      /* no NUL, or not UTF-8: decode_execute raises it */
+                if (a[1] == NULL)
+                    goto error;
+                rc = call_tracker(str_execute, a, 2);
+                Py_DECREF(a[1]);
+                if (rc < 0)
+                    goto error;
+            }
+            break;
+        case 'B':                   /* Bind: decoded as decode_bind does, or left to it */
+            if (tracker != NULL) {
+                PyObject *a[4];
+                int rc = start < end ? bind_body(p, start, end, a + 1) : 0;
+                if (rc < 0)
+                    goto error;
+                if (rc == 0)
+                    goto done;
+                a[0] = tracker;
+                rc = call_tracker(str_bind, a, 4);
+                Py_DECREF(a[1]);
+                Py_DECREF(a[2]);
+                Py_DECREF(a[3]);
+                if (rc < 0)
+                    goto error;
+            }
+            break;
+        default:                    /* Query, Parse, Close, FunctionCall, Terminate, ...: Python's */
+            goto done;
+        }
+        pos = end;
+    }
+done:
+    PyBuffer_Release(&stop);
+    PyBuffer_Release(&data);
+    return Py_BuildValue("(nn)", pos, syncs);
+
+error:
+    PyBuffer_Release(&stop);
+    PyBuffer_Release(&data);
     return NULL;
 }
 
@@ -285,16 +493,31 @@ static PyMethodDef scan_methods[] = {
      "skip(data, pos, stop, count_copy) -> (pos, copy_bytes): step over whole messages that need nothing."},
     {"decode_bind", (PyCFunction) (void (*)(void)) scan_decode_bind, METH_FASTCALL,
      "decode_bind(buf, start, end) -> (portal, statement, params), or None where the reference must decode it."},
+    {"walk_client", (PyCFunction) (void (*)(void)) scan_walk_client, METH_FASTCALL,
+     "walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs): step over the client's messages that need "
+     "no policy decision, telling the tracker about them."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT, "_scan",
-    "Compiled hot-path helpers of proxy.wire: the server stream's header walk, Bind decoding.", -1, scan_methods,
+    "Compiled hot-path helpers of proxy.wire: the server stream's header walk, Bind decoding, the client "
+    "stream's walk.", -1, scan_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__scan(void)
 {
+    if (str_bind == NULL) {
+        if ((str_bind = PyUnicode_InternFromString("bind")) == NULL ||
+            (str_execute = PyUnicode_InternFromString("execute")) == NULL ||
+            (str_sync = PyUnicode_InternFromString("sync")) == NULL ||
+            (str_copy_data = PyUnicode_InternFromString("copy_data")) == NULL) {
+            Py_CLEAR(str_bind);
+            Py_CLEAR(str_execute);
+            Py_CLEAR(str_sync);
+            return NULL;
+        }
+    }
     return PyModule_Create(&scan_module);
 }

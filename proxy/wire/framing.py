@@ -11,6 +11,14 @@ Rules:
   before any byte of the oversized body is buffered beyond what arrived.
 - The startup phase has no type byte; next_startup_packet() frames it with
   PostgreSQL's own 10,000-byte cap.
+
+Speed: in the relay, the client messages that need no policy decision
+(Bind, Execute, Sync, CopyData: told to the statement tracker, Syncs
+counted; Describe, Flush, CopyDone, CopyFail) are stepped over before each
+next_frame() by ``walk_client``: the compiled ``proxy.wire._scan.walk_client``
+when the optional C extension was built, else ``walk_client_noop``, which
+walks nothing and leaves every message to the relay's own dispatch (the
+reference).  ``WALK_IMPL`` says which ("c" or "python").
 """
 
 import struct
@@ -98,6 +106,23 @@ class FrameScanner:
         if self.pos:
             del self.buf[:self.pos]
             self.pos = 0
+
+
+def walk_client_noop(buf, pos: int, stop: bytes, max_size: int, tracker) -> tuple[int, int]:
+    """Walk nothing: ``(pos, 0)``.  The fallback of the compiled ``walk_client``: the relay's
+    per-message dispatch (ClientConn._relay), which is the reference, then does its work."""
+    return pos, 0
+
+
+try:
+    from ._scan import walk_client as walk_client_c
+except ImportError:        # built without a C compiler (or an older build): the relay does it all
+    walk_client_c = None
+
+#: What ClientConn._relay runs before each next_frame() (looked up on each _relay call, so tests
+#: can swap it): ``walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs)``.
+walk_client = walk_client_c or walk_client_noop
+WALK_IMPL = "c" if walk_client_c is not None else "python"
 
 
 def _show(mtype: int) -> str:
