@@ -1,7 +1,9 @@
 """Build script for the optional C extensions; everything else is in pyproject.toml.
 
-``proxy.wire._scan`` walks server message headers and decodes Bind
-messages in C (see proxy/wire/server_stream.py and proxy/wire/decode.py); ``policy.sql._maskkey`` builds the
+``proxy.wire._scan`` walks server message headers, decodes Bind
+messages and walks the client messages that need no policy decision in C
+(see proxy/wire/server_stream.py, proxy/wire/decode.py and
+proxy/wire/framing.py); ``policy.sql._maskkey`` builds the
 masked-literal cache key in C (see policy/sql/masked.py);
 ``proxy.audit._recline`` builds a recording's statement line and its
 hash in C (see proxy/audit/record.py); ``proxy.session._track`` is the

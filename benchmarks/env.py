@@ -410,6 +410,7 @@ pidfile = {d}/pgbouncer.pid
         # which of the optional C extensions this pgwarden runs ("c") or their Python references
         for label, module, attr in (("header scanner", "proxy.wire.server_stream", "SCANNER_IMPL"),
                                     ("bind decoder", "proxy.wire.decode", "BIND_IMPL"),
+                                    ("client walk", "proxy.wire.framing", "WALK_IMPL"),
                                     ("masked key", "policy.sql.masked", "KEY_IMPL"),
                                     ("statement tracker", "proxy.session.track", "TRACKER_IMPL"),
                                     ("record line", "proxy.audit.record", "LINE_IMPL")):

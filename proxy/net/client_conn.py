@@ -403,13 +403,21 @@ class ClientConn(asyncio.Protocol):
         if leftover:
             self.on_server_data(leftover)
         self.resume_client_reading()
+        self._resume_relay()
+
+    # ------------------------------------------------------------------ relay
+
+    def _resume_relay(self) -> None:
+        """Relay what the client sent while the session waited (the upstream login, an off-loop
+        verdict): outside data_received, so its failures are handled here the same way."""
         try:
             self._relay()
             self.scanner.compact()
         except ProtocolError as e:
             self.fatal(e.sqlstate, e.message)
-
-    # ------------------------------------------------------------------ relay
+        except Exception:
+            self.log.exception("internal_error", phase=self.phase)
+            self.fatal(c.SQLSTATE_INTERNAL_ERROR, "pgwarden internal error; the session was closed")
 
     def _relay(self) -> None:
         """Frame what the client sent, judge what policy must judge, forward in one write.
@@ -583,11 +591,7 @@ class ClientConn(asyncio.Protocol):
         if self.phase != RELAY or self.waiting != text:
             return
         self.waiting = None
-        try:
-            self._relay()
-            self.scanner.compact()
-        except ProtocolError as e:
-            self.fatal(e.sqlstate, e.message)
+        self._resume_relay()
         if self.waiting is None:
             self.resume_client_reading()
 

@@ -532,6 +532,31 @@ def test_a_tracker_exception_propagates_and_the_session_fails_alike():
         walk_client_c(bytearray(data), 0, NO_STOP, 1 << 30, RecordingTracker(fail_at=1))
 
 
+@pytest.mark.parametrize("walk", [pytest.param(walk_client_c, id="c", marks=needs_c),
+                                  pytest.param(walk_client_noop, id="noop")])
+def test_an_error_relaying_after_an_off_loop_verdict_fails_the_session(walk):
+    """on_verdict relays outside data_received: an unexpected error there (here the tracker's, on
+    the Bind after the slow Query) ends the session with pgwarden's internal error, as it does in
+    data_received, instead of escaping into the event loop with the session left half relayed."""
+    saved = framing.walk_client
+    framing.walk_client = walk
+    try:
+        t = RecordingTracker(fail_at=2)
+        c = make_conn(t)
+        c.data_received(msg(b"Q", cstr("slow SELECT 2")) + PGBENCH_TX)
+        assert c.waiting == "slow SELECT 2" and t.calls == []
+        c.on_verdict(c.waiting)                                # must not raise
+    finally:
+        framing.walk_client = saved
+    assert [call[0] for call in t.calls] == ["query", "bind"]
+    assert c.errors == [("RuntimeError", "tracker failed at call 2", None)]
+    assert ("exception", "internal_error", {"phase": RELAY}, "RuntimeError", "tracker failed at call 2") \
+        in c.log.events
+    assert c.phase == client_conn.CLOSED
+    assert any(isinstance(w, bytes) and w.startswith(b"E") and b"pgwarden internal error" in w
+               for w in c.transport.writes)
+
+
 @needs_c
 def test_a_callback_resizing_the_buffer_gets_a_buffer_error():
     """The export is held for the walk: resizing the bytearray from a tracker call raises
