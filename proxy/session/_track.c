@@ -934,6 +934,35 @@ reference:
 }
 
 /*
+ * The entry of a prepared statement (bind) or a portal (execute):
+ *
+ *     found = d.get(key)
+ *     x, y, z = found if found is not None else (fmt % key, None, missing)
+ *
+ * x, y, z: new references; -1 with an exception set.
+ */
+static int
+entry_or_unknown(PyObject *d, PyObject *key, PyObject *fmt, PyObject *missing, PyObject **x, PyObject **y,
+                 PyObject **z)
+{
+    PyObject *found = PyDict_GetItemWithError(d, key);
+
+    if (found != NULL) {                   /* a tuple of three of ours, taken before anything runs */
+        *x = Py_NewRef(PyTuple_GET_ITEM(found, 0));
+        *y = Py_NewRef(PyTuple_GET_ITEM(found, 1));
+        *z = Py_NewRef(PyTuple_GET_ITEM(found, 2));
+        return 0;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    if ((*x = PyUnicode_Format(fmt, key)) == NULL)
+        return -1;
+    *y = Py_NewRef(Py_None);
+    *z = Py_NewRef(missing);
+    return 0;
+}
+
+/*
  *     found = self.statements.get(statement)
  *     text, verdict, types = found if found is not None else (
  *         "<unknown prepared statement %r>" % statement, None, ())
@@ -943,28 +972,15 @@ static PyObject *
 tracker_bind(TrackerObject *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"portal", "statement", "params"};
-    PyObject *a[3], *found, *text, *verdict, *types, *rendered, *entry;
+    PyObject *a[3], *text, *verdict, *types, *rendered, *entry;
     int rc;
 
     if (unpack_args("bind", args, nargs, kwnames, names, 3, 3, a) < 0)
         return NULL;
     if (alive(t) < 0)
         return NULL;
-    found = PyDict_GetItemWithError(t->statements, a[1]);
-    if (found != NULL) {                   /* a tuple of ours: (text, verdict, types) */
-        text = Py_NewRef(PyTuple_GET_ITEM(found, 0));
-        verdict = Py_NewRef(PyTuple_GET_ITEM(found, 1));
-        types = Py_NewRef(PyTuple_GET_ITEM(found, 2));
-    }
-    else {
-        if (PyErr_Occurred())
-            return NULL;
-        text = PyUnicode_Format(fmt_unknown_statement, a[1]);
-        if (text == NULL)
-            return NULL;
-        verdict = Py_NewRef(Py_None);
-        types = Py_NewRef(empty_tuple);
-    }
+    if (entry_or_unknown(t->statements, a[1], fmt_unknown_statement, empty_tuple, &text, &verdict, &types) < 0)
+        return NULL;
     rendered = t->capture_params ? render(a[2], types) : Py_NewRef(Py_None);
     entry = rendered != NULL ? PyTuple_Pack(3, text, verdict, rendered) : NULL;
     Py_XDECREF(rendered);
@@ -991,7 +1007,7 @@ static PyObject *
 tracker_execute(TrackerObject *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"portal"};
-    PyObject *a[1], *found, *text, *verdict, *params, *started, *st = NULL;
+    PyObject *a[1], *text, *verdict, *params, *started, *st = NULL;
     GroupObject *group;
     int rc = -1;
 
@@ -999,21 +1015,8 @@ tracker_execute(TrackerObject *t, PyObject *const *args, Py_ssize_t nargs, PyObj
         return NULL;
     if (alive(t) < 0)
         return NULL;
-    found = PyDict_GetItemWithError(t->portals, a[0]);
-    if (found != NULL) {                   /* a tuple of ours: (text, verdict, params) */
-        text = Py_NewRef(PyTuple_GET_ITEM(found, 0));
-        verdict = Py_NewRef(PyTuple_GET_ITEM(found, 1));
-        params = Py_NewRef(PyTuple_GET_ITEM(found, 2));
-    }
-    else {
-        if (PyErr_Occurred())
-            return NULL;
-        text = PyUnicode_Format(fmt_unknown_portal, a[0]);
-        if (text == NULL)
-            return NULL;
-        verdict = Py_NewRef(Py_None);
-        params = Py_NewRef(Py_None);
-    }
+    if (entry_or_unknown(t->portals, a[0], fmt_unknown_portal, Py_None, &text, &verdict, &params) < 0)
+        return NULL;
     if (alive(t) < 0)                      /* a repr() may have run */
         goto done;
     group = (GroupObject *) Py_NewRef(LAST_GROUP(t));

@@ -89,6 +89,30 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A walk's arguments: the data, where to start (not negative), and the 256-byte table of the
+ * types to stop at.  0 with both buffers held, or -1 with an exception set and neither held. */
+static int
+walk_buffers(PyObject *data_obj, Py_ssize_t pos, PyObject *stop_obj, Py_buffer *data, Py_buffer *stop)
+{
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
+        return -1;
+    }
+    if (PyObject_GetBuffer(data_obj, data, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(stop_obj, stop, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(data);
+        return -1;
+    }
+    if (stop->len != 256) {
+        PyBuffer_Release(stop);
+        PyBuffer_Release(data);
+        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *
 scan_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -108,24 +132,8 @@ scan_skip(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     count_copy = PyObject_IsTrue(args[3]);
     if (count_copy < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+    if (walk_buffers(args[0], pos, args[2], &data, &stop) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[2], &stop, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    if (stop.len != 256) {
-        PyBuffer_Release(&stop);
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
-        return NULL;
-    }
-    if (pos < 0) {
-        PyBuffer_Release(&stop);
-        PyBuffer_Release(&data);
-        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
-        return NULL;
-    }
     p = (const unsigned char *) data.buf;
     table = (const unsigned char *) stop.buf;
     n = data.len;
@@ -378,22 +386,10 @@ scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (max_size == -1 && PyErr_Occurred())
         return NULL;
     tracker = args[4] == Py_None ? NULL : args[4];
-    if (pos < 0) {
-        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
-        return NULL;
-    }
     /* Held until the walk returns: while exported, a bytearray cannot be resized, so p and n stay
      * valid across the tracker's calls (Python code, which could try: it gets a BufferError). */
-    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+    if (walk_buffers(args[0], pos, args[2], &data, &stop) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[2], &stop, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    if (stop.len != 256) {
-        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
-        goto error;
-    }
     p = (const unsigned char *) data.buf;
     table = (const unsigned char *) stop.buf;
     n = data.len;
