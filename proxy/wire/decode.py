@@ -14,6 +14,7 @@ is the reference, and the fallback for anything the C code refuses
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import constants as c
 from .errors import ClientProtocolError, ProtocolError, ServerProtocolError
@@ -43,7 +44,7 @@ def _cstring(buf, pos: int, end: int, err: type[ProtocolError], what: str) -> tu
     if nul < 0:
         raise err(f"{what}: missing string terminator")
     try:
-        return bytes(buf[pos:nul]).decode("utf-8"), nul + 1
+        return buf[pos:nul].decode("utf-8"), nul + 1
     except UnicodeDecodeError:
         raise err(f"{what}: invalid UTF-8", sqlstate="22021") from None
 
@@ -112,8 +113,7 @@ def decode_query(buf, start: int, end: int) -> str:
         raise ClientProtocolError("Query text is not valid UTF-8", sqlstate="22021") from None
 
 
-@dataclass(frozen=True, slots=True)
-class Parse:
+class Parse(NamedTuple):          # a tuple: made once per Parse message, on the relay's path
     name: str
     query: str
     param_types: tuple[int, ...]
@@ -121,7 +121,10 @@ class Parse:
 
 def decode_parse(buf, start: int, end: int) -> Parse:
     err = ClientProtocolError
-    name, pos = _cstring(buf, start, end, err, "Parse statement name")
+    if start < end and buf[start] == 0:          # the unnamed statement, as most drivers send
+        name, pos = "", start + 1
+    else:
+        name, pos = _cstring(buf, start, end, err, "Parse statement name")
     query, pos = _cstring(buf, pos, end, err, "Parse query")
     if end - pos < 2:
         raise err("Parse message truncated")
@@ -130,7 +133,7 @@ def decode_parse(buf, start: int, end: int) -> Parse:
     if n < 0 or end - pos != 4 * n:
         raise err("Parse message: parameter type count does not match its length")
     types = struct.unpack_from(f"!{n}I", buf, pos) if n else ()
-    return Parse(name, query, tuple(types))
+    return Parse(name, query, types)
 
 
 def decode_fields(buf, start: int, end: int, err: type[ProtocolError] = ServerProtocolError) -> dict[str, str]:
