@@ -104,8 +104,8 @@ RELAY_LATENCY = Histogram("pgwarden_relay_latency_seconds",
 RECORDING_FAILURES = Counter("pgwarden_recording_failures",
                              "Session recordings that failed (disk errors)", registry=REGISTRY)
 
-# Label children, cached: labels() formats and locks on every call.
 _statement_counts = STATEMENTS.counts
+# Label children, cached: labels() formats and locks on every call.
 _auth: dict[str, Any] = {}
 _cuts: dict[str, Any] = {}
 _sessions_active_inc = SESSIONS_ACTIVE.inc

@@ -66,6 +66,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
@@ -394,6 +395,8 @@ class SessionRecorder:
             fd = self._open()
         done = os.write(fd, line)
         while done < len(line):         # a short write (the disk filling up, a signal): the rest
+            if done <= 0:
+                raise OSError(errno.EIO, "the recording's file took no bytes")
             line = line[done:]
             done = os.write(fd, line)
 

@@ -308,6 +308,35 @@ def test_failure_mid_session_keeps_what_was_written(factory, keys):
     assert report.status == "unterminated" and report.statements == 1
 
 
+def test_short_writes_are_completed(factory, keys, monkeypatch):
+    """write(2) may take part of a line (a signal, a filling disk): the rest follows, in order."""
+    from proxy.audit import writer
+    real = os.write
+    calls = []
+
+    def seven_at_a_time(fd, data):
+        calls.append(len(data))
+        return real(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(writer.os, "write", seven_at_a_time)
+    rec = factory.open()
+    rec.start(user="a")
+    assert rec.statement("select 1", tag="SELECT 1") is True
+    assert rec.end("client_closed") is True
+    assert len(calls) > 30
+    assert verify(rec.path, keys).ok
+
+
+def test_a_write_that_takes_nothing_fails_the_recording(factory, monkeypatch):
+    from proxy.audit import writer
+    errors = []
+    rec = factory.open(on_failure=errors.append)
+    rec.start(user="a")
+    monkeypatch.setattr(writer.os, "write", lambda fd, data: 0)
+    assert rec.statement("select 1") is False
+    assert rec.failed and errors and "took no bytes" in errors[0]
+
+
 @pytest.mark.parametrize("policy, expected", [("off", 0), ("statement", 5), ("session", 1)])
 def test_fsync_policy(tmp_path, key, monkeypatch, policy, expected):
     """off: never; statement: every record (start, 2 statements, notice, end); session: once, at the end."""
