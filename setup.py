@@ -1,7 +1,8 @@
 """Build script for the optional C extensions; everything else is in pyproject.toml.
 
 ``proxy.wire._scan`` walks server message headers, decodes Bind
-messages and walks the client messages that need no policy decision in C
+messages, walks the client messages that need no policy decision and
+hands the recording the server's watched messages in C
 (see proxy/wire/server_stream.py, proxy/wire/decode.py and
 proxy/wire/framing.py); ``policy.sql._maskkey`` builds the
 masked-literal cache key in C (see policy/sql/masked.py);

@@ -1,8 +1,9 @@
 /*
  * proxy.wire._scan: the compiled hot-path helpers of proxy.wire.  Each has a
  * pure-Python reference, which is also the fallback when this module was not
- * built (for walk_client, the relay's own per-message dispatch); the tests
- * run both and compare them.
+ * built (for walk_client, the relay's own per-message dispatch; for
+ * walk_server, ServerStream.feed's own loop body); the tests run both and
+ * compare them.
  *
  * skip(data, pos, stop, count_copy) -> (pos, copy_bytes)
  *
@@ -82,6 +83,55 @@
  * exception raised by a tracker method propagates at once: the tracker has
  * seen every call up to the one that raised, and the offset and Sync count
  * reached are lost (the relay fails the session; see ClientConn._relay).
+ *
+ * walk_server(stream, data, pos, stop, hook) -> pos
+ *
+ * The header walk of the server->client stream when a message hook is set
+ * (the session recording), for ServerStream.feed: skip, plus the delivery
+ * of whole watched messages to the hook, done exactly as feed's Python loop
+ * body does it -- which is the reference: with server_stream.walk_server set
+ * to None, feed uses skip and its own loop body, and must give the same
+ * outputs, hook calls, exceptions and stream state.  stream is the
+ * ServerStream, data the bytes feed is walking, stop the 256-byte table feed
+ * holds (stream._table), hook feed's message hook (feed reads
+ * stream._on_message once per call and keeps using that hook for the rest of
+ * the call, even if it is replaced meanwhile: so does this walk), or None.
+ *
+ * From pos, step over whole messages whose type is not in stop as skip does,
+ * adding the payload bytes of CopyData ('d') to stream.copy_bytes when hook
+ * is not None.  At a message whose type is in stop, deliver it when
+ *
+ *   - data is exactly bytes (a bytearray or memoryview: never delivered,
+ *     since feed's txn_status slice would be one of those, and a hook could
+ *     change a bytearray's bytes; the walk is then skip's),
+ *   - hook is not None,
+ *   - its length is at least 4 and at most MAX_WATCHED_SIZE (1 MiB:
+ *     server_stream.MAX_ERROR_SIZE), and it ends inside data,
+ *   - its type is WATCHED: CommandComplete 'C', EmptyQueryResponse 'I',
+ *     PortalSuspended 's', ErrorResponse 'E', CopyInResponse 'G',
+ *     CopyOutResponse 'H', CopyBothResponse 'W', ReadyForQuery 'Z' (so never
+ *     a DataRow: row capture stays in Python),
+ *   - and it is not an ErrorResponse while stream._on_error is not None
+ *     (read at that message: Python holds and rewrites it);
+ *
+ * that is, in this order: the CopyData bytes counted since the last update
+ * are added to stream.copy_bytes (stream.copy_bytes += n, as feed does after
+ * skip); for ReadyForQuery, stream.ready_count += 1 and, when a byte follows
+ * the header in data (always, unless the length is 4), stream.txn_status =
+ * that byte as bytes; then hook(type, body as bytes); then stream._table is
+ * read again (the hook may change it, e.g. through watch_rows) and the walk
+ * goes on with it.  Any other message in stop ends the walk before it, as
+ * does a length below 4, a message not whole in data or fewer than 5 bytes
+ * left: feed's loop body takes over there.  Returns the offset reached; the
+ * CopyData bytes stepped over are in stream.copy_bytes by then.
+ *
+ * An exception raised by the hook (or by reading or setting an attribute of
+ * stream) propagates at once, and out of feed: stream.copy_bytes,
+ * ready_count and txn_status are then as the reference leaves them -- updated
+ * for every message up to and including the one whose hook call raised --
+ * and the offset reached is lost (with feed's local state, as in Python).
+ * The table must stay a 256-byte buffer (ValueError otherwise, as skip).
+ * data is only read; a bytes object cannot change under the hook's calls.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -484,6 +534,186 @@ error:
     return NULL;
 }
 
+/* Interned attribute names of ServerStream (set by the module init). */
+static PyObject *str_table, *str_on_error, *str_copy_bytes, *str_ready_count, *str_txn_status;
+
+/* The largest watched message the walk delivers: server_stream.MAX_ERROR_SIZE (feed raises above it). */
+#define MAX_WATCHED_SIZE (1 << 20)
+
+/* server_stream.WATCHED: CommandComplete, EmptyQueryResponse, PortalSuspended, ErrorResponse,
+ * CopyIn/Out/BothResponse, ReadyForQuery. */
+static inline int
+is_watched(unsigned char type)
+{
+    switch (type) {
+    case 'C': case 'I': case 's': case 'E': case 'G': case 'H': case 'W': case 'Z':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* obj.<name> += value (value: a new reference, consumed); 0, or -1 with the exception set. */
+static int
+add_to_attr(PyObject *obj, PyObject *name, PyObject *value)
+{
+    PyObject *old, *sum;
+    int rc;
+
+    if (value == NULL)
+        return -1;
+    old = PyObject_GetAttr(obj, name);
+    if (old == NULL) {
+        Py_DECREF(value);
+        return -1;
+    }
+    sum = PyNumber_InPlaceAdd(old, value);
+    Py_DECREF(old);
+    Py_DECREF(value);
+    if (sum == NULL)
+        return -1;
+    rc = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+/* Hold the stop table table_obj in *table (its buffer, 256 bytes); 0, or -1 with the exception set
+ * and nothing held. */
+static int
+hold_table(PyObject *table_obj, Py_buffer *table)
+{
+    if (PyObject_GetBuffer(table_obj, table, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (table->len != 256) {
+        PyBuffer_Release(table);
+        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+scan_walk_server(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *stream, *hook;
+    Py_buffer data, stop;
+    Py_ssize_t pos, n;
+    long long copy = 0;
+    int deliver;
+    const unsigned char *p, *table;
+
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "walk_server(stream, data, pos, stop, hook) takes 5 arguments");
+        return NULL;
+    }
+    stream = args[0];
+    hook = args[4] == Py_None ? NULL : args[4];
+    pos = PyLong_AsSsize_t(args[2]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (walk_buffers(args[1], pos, args[3], &data, &stop) < 0)
+        return NULL;
+    /* Only bytes are delivered from: immutable under the hook's calls, and feed's slices of it are
+     * bytes.  (The data buffer is held anyway: args[1] is alive for the whole call.) */
+    deliver = hook != NULL && PyBytes_CheckExact(args[1]);
+    p = (const unsigned char *) data.buf;
+    table = (const unsigned char *) stop.buf;
+    n = data.len;
+
+    while (n - pos >= 5) {
+        unsigned char type = p[pos];
+        int32_t length = read_i32(p + pos + 1);
+        Py_ssize_t end;
+        PyObject *a[2], *r, *table_obj;
+
+        if (length < 4)
+            break;
+        end = pos + 1 + (Py_ssize_t) length;
+        if (end > n)
+            break;
+        if (!table[type]) {
+            if (hook != NULL && type == 'd')
+                copy += length - 4;
+            pos = end;
+            continue;
+        }
+        /* A type feed's loop body looks at: deliver it here only where the body would just give it,
+         * whole, to the hook. */
+        if (!deliver || length > MAX_WATCHED_SIZE || !is_watched(type))
+            break;
+        if (type == 'E') {
+            PyObject *on_error = PyObject_GetAttr(stream, str_on_error);
+            if (on_error == NULL)
+                goto error;
+            Py_DECREF(on_error);
+            if (on_error != Py_None)        /* held and rewritten by Python */
+                break;
+        }
+        /* What the hook may look at is up to date before it runs, as in the reference. */
+        if (copy) {
+            long long c = copy;
+            copy = 0;
+            if (add_to_attr(stream, str_copy_bytes, PyLong_FromLongLong(c)) < 0)
+                goto error;
+        }
+        if (type == 'Z') {
+            if (add_to_attr(stream, str_ready_count, PyLong_FromLong(1)) < 0)
+                goto error;
+            if (pos + 5 < n) {              /* always, unless the length is 4: then the next byte */
+                PyObject *status = PyBytes_FromStringAndSize((const char *) p + pos + 5, 1);
+                int rc;
+                if (status == NULL)
+                    goto error;
+                rc = PyObject_SetAttr(stream, str_txn_status, status);
+                Py_DECREF(status);
+                if (rc < 0)
+                    goto error;
+            }
+        }
+        a[0] = PyLong_FromLong(type);
+        if (a[0] == NULL)
+            goto error;
+        a[1] = PyBytes_FromStringAndSize((const char *) p + pos + 5, end - pos - 5);
+        if (a[1] == NULL) {
+            Py_DECREF(a[0]);
+            goto error;
+        }
+        r = PyObject_Vectorcall(hook, a, 2, NULL);
+        Py_DECREF(a[0]);
+        Py_DECREF(a[1]);
+        if (r == NULL)
+            goto error;
+        Py_DECREF(r);
+        pos = end;
+        /* The hook may have changed the table (watch_rows, on_error, on_message): go on with the new. */
+        table_obj = PyObject_GetAttr(stream, str_table);
+        if (table_obj == NULL)
+            goto error;
+        if (table_obj != stop.obj) {
+            Py_buffer fresh;
+            int rc = hold_table(table_obj, &fresh);
+            Py_DECREF(table_obj);
+            if (rc < 0)
+                goto error;
+            PyBuffer_Release(&stop);
+            stop = fresh;
+            table = (const unsigned char *) stop.buf;
+        }
+        else
+            Py_DECREF(table_obj);
+    }
+    if (copy && add_to_attr(stream, str_copy_bytes, PyLong_FromLongLong(copy)) < 0)
+        goto error;
+    PyBuffer_Release(&stop);
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(pos);
+
+error:
+    PyBuffer_Release(&stop);
+    PyBuffer_Release(&data);
+    return NULL;
+}
+
 static PyMethodDef scan_methods[] = {
     {"skip", (PyCFunction) (void (*)(void)) scan_skip, METH_FASTCALL,
      "skip(data, pos, stop, count_copy) -> (pos, copy_bytes): step over whole messages that need nothing."},
@@ -492,13 +722,16 @@ static PyMethodDef scan_methods[] = {
     {"walk_client", (PyCFunction) (void (*)(void)) scan_walk_client, METH_FASTCALL,
      "walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs): step over the client's messages that need "
      "no policy decision, telling the tracker about them."},
+    {"walk_server", (PyCFunction) (void (*)(void)) scan_walk_server, METH_FASTCALL,
+     "walk_server(stream, data, pos, stop, hook) -> pos: skip, delivering whole watched messages to the "
+     "message hook as ServerStream.feed does."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef scan_module = {
     PyModuleDef_HEAD_INIT, "_scan",
     "Compiled hot-path helpers of proxy.wire: the server stream's header walk, Bind decoding, the client "
-    "stream's walk.", -1, scan_methods,
+    "stream's walks.", -1, scan_methods,
 };
 
 PyMODINIT_FUNC
@@ -508,10 +741,20 @@ PyInit__scan(void)
         if ((str_bind = PyUnicode_InternFromString("bind")) == NULL ||
             (str_execute = PyUnicode_InternFromString("execute")) == NULL ||
             (str_sync = PyUnicode_InternFromString("sync")) == NULL ||
-            (str_copy_data = PyUnicode_InternFromString("copy_data")) == NULL) {
+            (str_copy_data = PyUnicode_InternFromString("copy_data")) == NULL ||
+            (str_table = PyUnicode_InternFromString("_table")) == NULL ||
+            (str_on_error = PyUnicode_InternFromString("_on_error")) == NULL ||
+            (str_copy_bytes = PyUnicode_InternFromString("copy_bytes")) == NULL ||
+            (str_ready_count = PyUnicode_InternFromString("ready_count")) == NULL ||
+            (str_txn_status = PyUnicode_InternFromString("txn_status")) == NULL) {
             Py_CLEAR(str_bind);
             Py_CLEAR(str_execute);
             Py_CLEAR(str_sync);
+            Py_CLEAR(str_copy_data);
+            Py_CLEAR(str_table);
+            Py_CLEAR(str_on_error);
+            Py_CLEAR(str_copy_bytes);
+            Py_CLEAR(str_ready_count);
             return NULL;
         }
     }

@@ -28,6 +28,24 @@ the compiled ``proxy.wire._scan.skip`` when the optional C extension was
 built (``pip install -e .`` builds it when a C compiler is present), else
 ``skip_messages_py``, the reference.  ``SCANNER_IMPL`` says which ("c" or
 "python"); both are run by the same tests.
+
+With a message hook set, every CommandComplete and ReadyForQuery would still
+stop that walk and cost a Python iteration of feed's loop body each (two per
+pgbench transaction).  There feed uses ``walk_server`` instead: the compiled
+``proxy.wire._scan.walk_server``, which steps over messages as skip does,
+counts CopyData into ``copy_bytes`` and also delivers the whole watched
+messages the loop body would simply hand to the hook (not an ErrorResponse
+held for ``on_error``, not a DataRow, nothing oversized or split), doing for
+each exactly what the body does, in its order: ``ready_count`` and
+``txn_status`` for a ReadyForQuery, the hook call, ``_table`` read again.
+It is handed feed's hook, which feed reads once per call: a hook replaced
+or cleared during a call still gets that call's messages the table stops
+at, on both paths.  Everything else it leaves to the loop body, which is the reference and the
+fallback: ``walk_server`` is None when the extension was not built, and
+tests set it to None to force the Python path.  ``DELIVER_IMPL`` says which
+("c" or "python").  A hook's exception propagates out of feed alike on both
+paths, with ``copy_bytes``, ``ready_count`` and ``txn_status`` updated up to
+the message whose hook call raised.
 """
 
 from __future__ import annotations
@@ -95,6 +113,17 @@ except ImportError:        # built without a C compiler: the reference walk
 skip_messages = skip_messages_c or skip_messages_py
 SCANNER_IMPL = "c" if skip_messages_c is not None else "python"
 
+try:
+    from ._scan import walk_server as walk_server_c
+except ImportError:        # not built (or an older build): feed's loop body delivers every message
+    walk_server_c = None
+
+#: With a message hook, what ``ServerStream.feed`` walks with in place of skip_messages (looked up on
+#: every call; None: skip_messages and the loop body, the reference):
+#: ``walk_server(stream, data, pos, stop, hook) -> pos``.
+walk_server = walk_server_c
+DELIVER_IMPL = "c" if walk_server_c is not None else "python"
+
 
 class ServerStream:
     __slots__ = ("remaining", "header", "cur_type", "held", "txn_status", "_on_error", "ready_count",
@@ -155,6 +184,7 @@ class ServerStream:
         stop = self._table
         count_copy = on_message is not None
         skip = skip_messages
+        walk = walk_server if count_copy else None
         if self.remaining:
             take = min(self.remaining, n)
             if self.held is not None:
@@ -178,9 +208,13 @@ class ServerStream:
                 on_message(self.cur_type, body)
                 stop = self._table
         while pos < n:
-            pos, copied = skip(data, pos, stop, count_copy)
-            if copied:
-                self.copy_bytes += copied
+            if walk is not None:        # also delivers watched messages; copy bytes counted inside
+                pos = walk(self, data, pos, stop, on_message)
+                stop = self._table
+            else:
+                pos, copied = skip(data, pos, stop, count_copy)
+                if copied:
+                    self.copy_bytes += copied
             if pos >= n:
                 break
             if n - pos < 5:

@@ -5,8 +5,10 @@ What users rely on: every byte the server sends reaches the client unchanged
 the transaction status pgwarden tracks is the last ReadyForQuery's.
 
 Every test runs once per header walk: the pure-Python reference
-(``skip_messages_py``) and the compiled one (``proxy.wire._scan``) when it
-was built.
+(``skip_messages_py``, and feed's own loop body for the watched messages)
+and the compiled one (``proxy.wire._scan``'s skip and walk_server) when it
+was built.  The compiled delivery walk has its own differential tests in
+test_walk_server.py.
 """
 
 import pytest
@@ -15,20 +17,21 @@ from hypothesis import strategies as st
 
 from proxy.wire import encode, server_stream
 from proxy.wire.errors import ServerProtocolError
-from proxy.wire.server_stream import ServerStream, skip_messages_c, skip_messages_py
+from proxy.wire.server_stream import ServerStream, skip_messages_c, skip_messages_py, walk_server_c
 
-WALKS = [pytest.param(skip_messages_py, id="python")]
+WALKS = [pytest.param((skip_messages_py, None), id="python")]
 if skip_messages_c is not None:
-    WALKS.append(pytest.param(skip_messages_c, id="c"))
+    WALKS.append(pytest.param((skip_messages_c, walk_server_c), id="c"))
 
 
 @pytest.fixture(autouse=True, scope="module", params=WALKS)
 def walk(request):
-    """Run the module's tests with each header walk (module scope: hypothesis-friendly)."""
-    saved = server_stream.skip_messages
-    server_stream.skip_messages = request.param
-    yield request.param
-    server_stream.skip_messages = saved
+    """Run the module's tests with each header walk (module scope: hypothesis-friendly); yields the
+    skip walk."""
+    saved = server_stream.skip_messages, server_stream.walk_server
+    server_stream.skip_messages, server_stream.walk_server = request.param
+    yield request.param[0]
+    server_stream.skip_messages, server_stream.walk_server = saved
 
 MARK = "pgwarden_mark"
 DENIAL = encode.error_response("42501", "denied")
