@@ -27,6 +27,7 @@ import socket
 import ssl
 import struct
 import time
+from functools import partial
 
 import structlog
 
@@ -67,7 +68,7 @@ class ClientConn(asyncio.Protocol):
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
         "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
         "sync_points", "deadline", "deadline_reason", "timer", "warned", "pending_notices", "end_reason",
-        "session_id", "grant_recorded", "recorder", "tracker", "finished", "cut_lag", "live",
+        "session_id", "grant_recorded", "recorder", "tracker", "cut_lag", "live",
     )
 
     def __init__(self, server) -> None:
@@ -111,7 +112,6 @@ class ClientConn(asyncio.Protocol):
         self.grant_recorded = False              # the grant store holds this session's start
         self.recorder = None                     # proxy.audit SessionRecorder when [audit] is configured
         self.tracker: track.StatementTracker | None = None   # pairs statements with their outcome, for the recorder
-        self.finished: list[Statement] = []      # statements the tracker finished, recorded once forwarded
         self.cut_lag: float | None = None        # ms from the deadline to the cut, when cut at a deadline
         self.live = False                        # counted in the sessions_active metric
 
@@ -547,10 +547,9 @@ class ClientConn(asyncio.Protocol):
                   user=self.user, database=self.database, grant=claims.jti, scope=claims.scope,
                   reason=claims.reason, ticket=claims.ticket, approver=claims.approver,
                   backend_pid=self.up_pid, upstream_role=self.scope.role)
-        # The tracker puts each statement it finishes on self.finished (no method of ours in between),
-        # recorded once the server's bytes that finished it are on their way to the client; the class is
-        # looked up here so tests can swap in the reference implementation.
-        self.tracker = track.StatementTracker(self.finished.append, capture_params=acfg.capture_params,
+        # The tracker hands each finished statement straight to the recorder (no method of ours in
+        # between); the class is looked up here so tests can swap in the reference implementation.
+        self.tracker = track.StatementTracker(partial(_write_statement, rec), capture_params=acfg.capture_params,
                                               copy_out_bytes=self._copy_out_bytes, capture_rows=acfg.capture_rows,
                                               watch_rows=self._watch_rows)
         self.stream.on_message = self.tracker.on_server
@@ -572,7 +571,6 @@ class ClientConn(asyncio.Protocol):
         self.recorder = self.tracker = None
         if tracker is not None:
             self.stream.on_message = None
-            self._record_finished(rec)
             for st in tracker.pending():          # sent, never answered: recorded as interrupted
                 _write_statement(rec, st)
         extra = {"lag_ms": self.cut_lag} if self.cut_lag is not None else {}
@@ -608,23 +606,9 @@ class ClientConn(asyncio.Protocol):
             return
         if data:
             self.transport_write(data)
-        if self.finished:
-            self._record_finished(self.recorder)
         if self.pending_notices and self.stream.at_boundary:
             self.transport_write(b"".join(self.pending_notices))
             self.pending_notices.clear()
-
-    def _record_finished(self, rec) -> None:
-        """Record the statements the server's last bytes finished. on_server_data calls it after it
-        has handed those bytes to the client's transport: the record's write(2) is not between the
-        server's answer and the client (a crash of pgwarden in between loses these statements, the
-        ones in flight; the server has run them either way)."""
-        finished = self.finished
-        try:
-            for st in finished:
-                _write_statement(rec, st)
-        finally:
-            finished.clear()
 
     def on_upstream_lost(self, exc) -> None:
         if self.phase == CLOSED:
