@@ -7,7 +7,8 @@ hands the recording the server's watched messages in C
 proxy/wire/framing.py); ``policy.sql._maskkey`` builds the
 masked-literal cache key in C (see policy/sql/masked.py);
 ``proxy.audit._recline`` builds a recording's statement line and its
-hash in C (see proxy/audit/record.py); ``proxy.session._track`` is the
+hash in C, and records a tracker's statement in one call (see
+proxy/audit/record.py and proxy/audit/writer.py); ``proxy.session._track`` is the
 statement tracker (see proxy/session/track.py).  All are optional: without a C
 compiler (or Python headers) the build prints a warning and pgwarden
 uses the pure-Python versions, which are the reference.

@@ -414,7 +414,8 @@ pidfile = {d}/pgbouncer.pid
                                     ("watched delivery", "proxy.wire.server_stream", "DELIVER_IMPL"),
                                     ("masked key", "policy.sql.masked", "KEY_IMPL"),
                                     ("statement tracker", "proxy.session.track", "TRACKER_IMPL"),
-                                    ("record line", "proxy.audit.record", "LINE_IMPL")):
+                                    ("record line", "proxy.audit.record", "LINE_IMPL"),
+                                    ("statement sink", "proxy.audit.writer", "SINK_IMPL")):
             try:
                 out[label] = getattr(importlib.import_module(module), attr)
             except Exception:  # noqa: BLE001

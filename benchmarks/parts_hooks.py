@@ -9,7 +9,9 @@ processes with ``PYTHONPATH`` pointing at ``benchmarks/parts_site`` (whose
   or paired per statement, nothing is recorded per statement;
 - ``no-records``: the tracker runs as shipped (every Bind decoded, every
   statement paired with its outcome) and hands each statement to the
-  recorder, which builds and writes nothing.
+  recorder, which builds and writes nothing (the compiled statement sink,
+  which would write without calling ``SessionRecorder.statement``, is
+  switched off: the tracker's emit is the Python ``_write_statement``).
 
 Never use these in production: a recording made under them is incomplete
 by design.  ``apply`` returns a function that undoes the patch (for tests).
@@ -39,14 +41,18 @@ def apply(part: str) -> Callable[[], None]:
             ClientConn._start_recording = original
         return undo
     if part == "no-records":
+        from proxy.audit import writer
         from proxy.audit.writer import SessionRecorder
         original_statement = SessionRecorder.statement
+        original_sink = writer.statement_sink
 
         def statement_not_written(self, text, **fields) -> bool:
             return not (self.ended or self.failed)
         SessionRecorder.statement = statement_not_written
+        writer.statement_sink = None      # the compiled sink would write without calling statement()
 
         def undo_records() -> None:
             SessionRecorder.statement = original_statement
+            writer.statement_sink = original_sink
         return undo_records
     raise ValueError(f"unknown part {part!r}: one of {', '.join(PARTS)}")

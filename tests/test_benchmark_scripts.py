@@ -91,9 +91,12 @@ def test_parts_hooks_switch_one_part_off_and_back(tmp_path, monkeypatch):
     from proxy.audit.writer import RecorderFactory, SessionRecorder
     from proxy.net.client_conn import ClientConn
 
-    shipped = SessionRecorder.statement
+    from proxy.audit import writer
+
+    shipped, shipped_sink = SessionRecorder.statement, writer.statement_sink
     undo = apply("no-records")
     try:
+        assert writer.statement_sink is None          # the compiled sink would write regardless
         rec = RecorderFactory(AuditConfig(dir=tmp_path), Ed25519PrivateKey.generate()).open(grant="g")
         rec.start(user="alice")
         assert rec.statement("select 1", statement_class="read", tag="SELECT 1") is True
@@ -102,7 +105,7 @@ def test_parts_hooks_switch_one_part_off_and_back(tmp_path, monkeypatch):
         assert types_written == [b"session_start", b"session_end"]
     finally:
         undo()
-    assert SessionRecorder.statement is shipped
+    assert SessionRecorder.statement is shipped and writer.statement_sink is shipped_sink
 
     def start_recording(self):                   # what the shipped method leaves behind
         self.tracker, self.stream.on_message = "tracker", "hook"

@@ -1,5 +1,6 @@
 /*
- * proxy.audit._recline: a recording's statement line, built in C.
+ * proxy.audit._recline: a recording's statement line, and the whole
+ * per-statement record (the statement sink), built in C.
  *
  * statement_line(seq, prev, now, text, cls, decision, rule, started, duration_ms, via,
  *                params, tag, rows, sqlstate, message, introspection)
@@ -34,6 +35,76 @@
  *   - any internal failure (memory, the hash call).
  *
  * A wrong argument count is a programming error: TypeError.
+ *
+ *
+ * write_statement(fallback, rec, st) -> True | False | fallback's result
+ *
+ * The statement tracker's emit (proxy.audit.writer.statement_sink, bound by
+ * ClientConn._start_recording as partial(write_statement, _write_statement,
+ * rec)): records the tracker's finished Statement st on the SessionRecorder
+ * rec exactly as the reference fallback(rec, st) would, fallback being
+ * proxy.net.client_conn._write_statement, which calls rec.statement(), which
+ * settles the fields and calls _record(), _emit(), Chain.advance() and
+ * _append().  It returns what rec.statement() would (True written, False
+ * not), or fallback's result (None) when it hands over.
+ *
+ * 1. Checks, before anything is changed or the clock read (attribute reads
+ *    only, no Python code runs).  Unless all of these hold it returns
+ *    fallback(rec, st): st.verdict is not None, of a type without __bool__
+ *    or __len__ (so "if v" is true), with allowed exactly True or False,
+ *    statement_class an exact str and rule an exact str or None;
+ *    st.skipped is False; st.copy_direction and st.sample are None;
+ *    st.started and st.ended are exact floats; st's text, params, tag,
+ *    rows, sqlstate, message and via can be read; rec.ended and rec.failed
+ *    are False; rec._chain.sealed is False and its seq an int in 1..2**63-1;
+ *    rec._fd an int in 0..INT_MAX (the file is open); rec._fsync an exact
+ *    str other than "statement"; rec._capture_params exactly True or False;
+ *    proxy.audit.record and proxy.audit.writer can be imported.
+ * 2. statement()'s settling, in its order: now = rec._clock() (called:
+ *    any clock); decision "denied" if not allowed else "allowed"; cls =
+ *    statement_class (str() of an exact str is itself); duration_ms =
+ *    builtins.round((ended - started) * 1000.0, 3) (the same double
+ *    arithmetic, Python's own round); params = st.params, or None when
+ *    rec._capture_params is False; rows = st.rows, or
+ *    record.rows_from_tag(tag) when tag is not None and rows is None;
+ *    introspection = writer.is_introspection(text) (both looked up on
+ *    their modules at each call, so monkeypatching applies).  An exception
+ *    from any of these propagates, as it would out of statement(), with
+ *    nothing written or counted.
+ * 3. When record.LINE_IMPL == "c" and record.statement_line_c is this
+ *    module's statement_line, the line is built by the code statement_line
+ *    runs (build_line) for rec._chain.seq + 1 and rec._chain.prev, read at
+ *    that point as the reference does.  Otherwise, or when it refuses the
+ *    record (surrogates, bytes params, ...), it returns rec._record(now,
+ *    text, params, cls, decision, rule, started, duration_ms, tag, rows,
+ *    sqlstate, message, introspection, via, None): the rest of statement()
+ *    with the clock's reading (never fallback: the clock was read).
+ * 4. The counters, as statement() does them: _n_rows += rows when rows is
+ *    not None, _n_introspection += 1 when introspection is true,
+ *    _n_statements += 1, then _n_denied += 1 when denied, else _n_errors +=
+ *    1 when sqlstate is not None (Python's in-place add, by attribute).
+ * 5. _emit: when rec.failed is False, rec._fd still an open-looking int,
+ *    rec._fsync still not "statement" and the chain still not sealed (all
+ *    read again: Python code ran since step 1), Chain.advance (seq += 1,
+ *    prev = digest) and _append: write(2) of the whole line, a short write
+ *    continued with the rest, a write that took 0 bytes an
+ *    OSError(EIO, "the recording's file took no bytes"), EINTR retried
+ *    after PyErr_CheckSignals() as os.write does; any Exception there (the
+ *    OSError os.write would raise, made by PyErr_SetFromErrno, or a
+ *    signal handler's) goes to rec._fail(exc) and the result is False,
+ *    nothing raising into the tracker; a BaseException that is not an
+ *    Exception (KeyboardInterrupt from a handler) propagates, as out of
+ *    _emit.  Anything else by then: rec._emit("statement", None, now,
+ *    (line, digest)), the reference's own.
+ *
+ * The GIL is held throughout, write(2) included (os.write releases it; a
+ * few hundred bytes to the page cache do not need that, and holding it is
+ * simpler).  Differences from the reference, none reachable from the
+ * proxy: the exception given to _fail has no traceback frames of
+ * _append/os.write; builtins.round is the one found when the module was
+ * loaded; rec._chain is read once, in step 1 (nothing assigns it after
+ * __init__); rec._fsync is read before the write instead of after it (only
+ * a signal handler run by an EINTR retry could change it in between).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -41,6 +112,9 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <limits.h>
+#include <unistd.h>
 
 #define MAX_EPOCH 253402300800LL          /* 10000-01-01T00:00:00Z: iso_ts's %04d year stops before */
 #define STACK_BYTES 4096                  /* most statement lines fit: no heap buffer */
@@ -268,8 +342,10 @@ bound(const Utf8 *u)
     return 2 + 6 * u->n;
 }
 
+/* statement_line's work on its 16 arguments (the sink shares it): a new
+ * reference to (line, digest) or to None; never NULL. */
 static PyObject *
-statement_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+build_line(PyObject *const *args)
 {
     PyObject *params, *item, *line = NULL, *view = NULL, *hash = NULL, *digest = NULL, *result = NULL;
     Utf8 text, cls, decision, rule, via, prev, tag, sqlstate, message, u;
@@ -279,12 +355,6 @@ statement_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     char *duration = NULL, *buf = stack, *p;
     Py_ssize_t need = FIXED_BYTES, i, n_params = 0, b, n;
 
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError,
-                        "statement_line(seq, prev, now, text, cls, decision, rule, started, duration_ms, via, "
-                        "params, tag, rows, sqlstate, message, introspection) takes 16 arguments");
-        return NULL;
-    }
     /* Check every argument before writing anything. */
     if (!int64(args[0], &seq) || !utf8(args[1], &prev) || !iso_ts(args[2], ts) || !utf8(args[3], &text)
         || !utf8_or_none(args[4], &cls) || !utf8(args[5], &decision) || !utf8_or_none(args[6], &rule)
@@ -433,11 +503,424 @@ done:
     return result;
 }
 
+static PyObject *
+statement_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError,
+                        "statement_line(seq, prev, now, text, cls, decision, rule, started, duration_ms, via, "
+                        "params, tag, rows, sqlstate, message, introspection) takes 16 arguments");
+        return NULL;
+    }
+    return build_line(args);
+}
+
+/* ------------------------------------------------------------------ the sink */
+
+enum {
+    N_VERDICT, N_ALLOWED, N_STATEMENT_CLASS, N_RULE, N_SKIPPED, N_ENDED, N_STARTED, N_COPY_DIRECTION, N_SAMPLE,
+    N_TEXT, N_PARAMS, N_TAG, N_ROWS, N_SQLSTATE, N_MESSAGE, N_VIA, N_FAILED, N_CHAIN, N_SEQ, N_PREV, N_SEALED,
+    N_FD, N_FSYNC, N_CAPTURE_PARAMS, N_CLOCK, N_N_ROWS, N_N_INTROSPECTION, N_N_STATEMENTS, N_N_DENIED,
+    N_N_ERRORS, N_RECORD, N_EMIT, N_FAIL, N_LINE_IMPL, N_STATEMENT_LINE_C, N_ROWS_FROM_TAG,
+    N_IS_INTROSPECTION, V_ALLOWED, V_DENIED, V_STATEMENT, V_C, N_NAMES
+};
+
+static const char *const name_text[N_NAMES] = {
+    "verdict", "allowed", "statement_class", "rule", "skipped", "ended", "started", "copy_direction", "sample",
+    "text", "params", "tag", "rows", "sqlstate", "message", "via", "failed", "_chain", "seq", "prev", "sealed",
+    "_fd", "_fsync", "_capture_params", "_clock", "_n_rows", "_n_introspection", "_n_statements", "_n_denied",
+    "_n_errors", "_record", "_emit", "_fail", "LINE_IMPL", "statement_line_c", "rows_from_tag",
+    "is_introspection", "allowed", "denied", "statement", "c",
+};
+
+static PyObject *name[N_NAMES];           /* interned */
+static PyObject *round_func = NULL;       /* builtins.round */
+static PyObject *int_one = NULL, *int_three = NULL;
+static PyObject *record_module = NULL;    /* proxy.audit.record and proxy.audit.writer, imported at the first call */
+static PyObject *writer_module = NULL;
+
+/* A new reference to o.name, or NULL with no exception set. */
+static PyObject *
+peek(PyObject *o, int n)
+{
+    PyObject *v = PyObject_GetAttr(o, name[n]);
+
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+/* Is o.name exactly want (an immortal-ish singleton: None, True, False)?  No exception either way. */
+static int
+attr_is(PyObject *o, int n, PyObject *want)
+{
+    PyObject *v = peek(o, n);
+    int same = v == want;
+
+    Py_XDECREF(v);
+    return same;
+}
+
+/* Truth without calling Python: 1 when the type has no __bool__ / __len__ (always true). */
+static int
+plainly_true(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+
+    return !(t->tp_as_number != NULL && t->tp_as_number->nb_bool != NULL)
+        && !(t->tp_as_mapping != NULL && t->tp_as_mapping->mp_length != NULL)
+        && !(t->tp_as_sequence != NULL && t->tp_as_sequence->sq_length != NULL);
+}
+
+/* 1 for an exact str equal to the interned ASCII word w; 0 otherwise (no exception). */
+static int
+is_word(PyObject *o, int w)
+{
+    return PyUnicode_CheckExact(o) && PyUnicode_Compare(o, name[w]) == 0;
+}
+
+/* o.name += delta, as the reference's "self._n_x += 1": -1 with an exception on failure. */
+static int
+bump(PyObject *o, int n, PyObject *delta)
+{
+    PyObject *v = PyObject_GetAttr(o, name[n]), *sum;
+    int r;
+
+    if (v == NULL)
+        return -1;
+    sum = PyNumber_InPlaceAdd(v, delta);
+    Py_DECREF(v);
+    if (sum == NULL)
+        return -1;
+    r = PyObject_SetAttr(o, name[n], sum);
+    Py_DECREF(sum);
+    return r;
+}
+
+/* The exception just raised, as the instance an "except Exception as e" would bind: a new
+ * reference, or NULL (exception left set) when it is not an Exception (KeyboardInterrupt ...). */
+static PyObject *
+caught(void)
+{
+    PyObject *type, *value, *tb;
+
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static int
+modules(void)
+{
+    if (writer_module == NULL) {
+        record_module = PyImport_ImportModule("proxy.audit.record");
+        if (record_module == NULL)
+            return -1;
+        writer_module = PyImport_ImportModule("proxy.audit.writer");
+        if (writer_module == NULL) {
+            Py_CLEAR(record_module);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* write(2) of all of line on fd as SessionRecorder._append does with os.write: 0, or -1 with an exception set. */
+static int
+append(int fd, PyObject *line)
+{
+    const char *p = PyBytes_AS_STRING(line);
+    Py_ssize_t left = PyBytes_GET_SIZE(line), n;
+
+    for (;;) {
+        n = write(fd, p, (size_t) left);
+        if (n < 0) {
+            if (errno == EINTR) {                     /* as os.write: run the handlers, then again */
+                if (PyErr_CheckSignals() < 0)
+                    return -1;
+                continue;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (n >= left)
+            return 0;
+        if (n == 0) {
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", EIO, "the recording's file took no bytes");
+
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *) Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+            return -1;
+        }
+        p += n;
+        left -= n;
+    }
+}
+
+static PyObject *
+write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *fallback, *rec, *st;
+    PyObject *verdict = NULL, *cls = NULL, *rule = NULL, *ended = NULL, *started = NULL, *text = NULL,
+             *params = NULL, *tag = NULL, *rows = NULL, *sqlstate = NULL, *message = NULL, *via = NULL,
+             *chain = NULL, *clock = NULL, *o = NULL, *now = NULL, *dur = NULL, *duration_ms = NULL,
+             *intro = NULL, *func = NULL, *seq1 = NULL, *prev = NULL, *built = NULL, *result = NULL;
+    PyObject *line, *digest, *decision, *used_params;
+    long long v;
+    int denied, capture, fd, is_intro;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "write_statement(fallback, rec, st) takes 3 arguments");
+        return NULL;
+    }
+    fallback = args[0];
+    rec = args[1];
+    st = args[2];
+
+    /* 1. Is it the ordinary case?  Attribute reads only: no Python code runs, nothing changes. */
+    if (modules() < 0)
+        goto fall_back;
+    verdict = peek(st, N_VERDICT);
+    if (verdict == NULL || verdict == Py_None || !plainly_true(verdict))
+        goto fall_back;
+    o = peek(verdict, N_ALLOWED);
+    if (o != Py_True && o != Py_False)
+        goto fall_back;
+    denied = o == Py_False;
+    Py_CLEAR(o);
+    cls = peek(verdict, N_STATEMENT_CLASS);
+    rule = peek(verdict, N_RULE);
+    if (cls == NULL || !PyUnicode_CheckExact(cls) || rule == NULL || (rule != Py_None && !PyUnicode_CheckExact(rule)))
+        goto fall_back;
+    if (!attr_is(st, N_SKIPPED, Py_False) || !attr_is(st, N_COPY_DIRECTION, Py_None)
+        || !attr_is(st, N_SAMPLE, Py_None))
+        goto fall_back;
+    ended = peek(st, N_ENDED);
+    started = peek(st, N_STARTED);
+    if (ended == NULL || !PyFloat_CheckExact(ended) || started == NULL || !PyFloat_CheckExact(started))
+        goto fall_back;
+    text = peek(st, N_TEXT);
+    params = peek(st, N_PARAMS);
+    tag = peek(st, N_TAG);
+    rows = peek(st, N_ROWS);
+    sqlstate = peek(st, N_SQLSTATE);
+    message = peek(st, N_MESSAGE);
+    via = peek(st, N_VIA);
+    if (text == NULL || params == NULL || tag == NULL || rows == NULL || sqlstate == NULL || message == NULL
+        || via == NULL)
+        goto fall_back;
+    if (!attr_is(rec, N_ENDED, Py_False) || !attr_is(rec, N_FAILED, Py_False))
+        goto fall_back;
+    chain = peek(rec, N_CHAIN);
+    if (chain == NULL || !attr_is(chain, N_SEALED, Py_False))
+        goto fall_back;
+    o = peek(chain, N_SEQ);
+    if (o == NULL || !int64(o, &v) || v <= 0)
+        goto fall_back;
+    Py_CLEAR(o);
+    o = peek(rec, N_FD);
+    if (o == NULL || !int64(o, &v) || v < 0 || v > INT_MAX)
+        goto fall_back;
+    Py_CLEAR(o);
+    o = peek(rec, N_FSYNC);
+    if (o == NULL || !PyUnicode_CheckExact(o) || is_word(o, V_STATEMENT))
+        goto fall_back;
+    Py_CLEAR(o);
+    o = peek(rec, N_CAPTURE_PARAMS);
+    if (o != Py_True && o != Py_False)
+        goto fall_back;
+    capture = o == Py_True;
+    Py_CLEAR(o);
+    clock = peek(rec, N_CLOCK);
+    if (clock == NULL)
+        goto fall_back;
+
+    /* 2. SessionRecorder.statement(), from the clock on. */
+    now = PyObject_CallNoArgs(clock);
+    if (now == NULL)
+        goto error;
+    decision = denied ? name[V_DENIED] : name[V_ALLOWED];
+    dur = PyFloat_FromDouble((PyFloat_AS_DOUBLE(ended) - PyFloat_AS_DOUBLE(started)) * 1000.0);
+    if (dur == NULL)
+        goto error;
+    {
+        PyObject *round_args[2] = {dur, int_three};
+
+        duration_ms = PyObject_Vectorcall(round_func, round_args, 2, NULL);
+    }
+    if (duration_ms == NULL)
+        goto error;
+    used_params = capture ? params : Py_None;
+    if (tag != Py_None && rows == Py_None) {
+        func = PyObject_GetAttr(record_module, name[N_ROWS_FROM_TAG]);
+        if (func == NULL)
+            goto error;
+        Py_SETREF(rows, PyObject_CallOneArg(func, tag));
+        Py_CLEAR(func);
+        if (rows == NULL)
+            goto error;
+    }
+    func = PyObject_GetAttr(writer_module, name[N_IS_INTROSPECTION]);
+    if (func == NULL)
+        goto error;
+    intro = PyObject_CallOneArg(func, text);
+    Py_CLEAR(func);
+    if (intro == NULL)
+        goto error;
+    /* The compiled line when record.LINE_IMPL == "c" and record.statement_line_c is this module's. */
+    o = PyObject_GetAttr(record_module, name[N_LINE_IMPL]);
+    if (o == NULL)
+        goto error;
+    if (is_word(o, V_C)) {
+        Py_CLEAR(o);
+        o = PyObject_GetAttr(record_module, name[N_STATEMENT_LINE_C]);
+        if (o == NULL)
+            goto error;
+        if (PyCFunction_Check(o) && PyCFunction_GET_FUNCTION(o) == (PyCFunction) (void (*)(void)) statement_line) {
+            Py_CLEAR(o);
+            o = PyObject_GetAttr(chain, name[N_SEQ]);
+            if (o == NULL)
+                goto error;
+            seq1 = PyNumber_Add(o, int_one);
+            Py_CLEAR(o);
+            if (seq1 == NULL)
+                goto error;
+            prev = PyObject_GetAttr(chain, name[N_PREV]);
+            if (prev == NULL)
+                goto error;
+            {
+                PyObject *line_args[16] = {seq1, prev, now, text, cls, decision, rule, started, duration_ms, via,
+                                           used_params, tag, rows, sqlstate, message, intro};
+
+                built = build_line(line_args);
+            }
+        }
+    }
+    Py_CLEAR(o);
+    if (built == NULL || built == Py_None) {
+        /* Refused (or not ours to build): the rest of the reference, with the clock already read. */
+        PyObject *record_args[16] = {rec, now, text, used_params, cls, decision, rule, started, duration_ms,
+                                     tag, rows, sqlstate, message, intro, via, Py_None};
+
+        result = PyObject_VectorcallMethod(name[N_RECORD], record_args, 16 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                           NULL);
+        goto done;
+    }
+
+    /* 3. The counters, in the reference's order. */
+    if (rows != Py_None && bump(rec, N_N_ROWS, rows) < 0)
+        goto error;
+    is_intro = PyObject_IsTrue(intro);
+    if (is_intro < 0 || (is_intro && bump(rec, N_N_INTROSPECTION, int_one) < 0))
+        goto error;
+    if (bump(rec, N_N_STATEMENTS, int_one) < 0)
+        goto error;
+    if (denied) {
+        if (bump(rec, N_N_DENIED, int_one) < 0)
+            goto error;
+    }
+    else if (sqlstate != Py_None && bump(rec, N_N_ERRORS, int_one) < 0)
+        goto error;
+
+    /* 4. _emit: anything unusual by now goes to the reference's own _emit with the built line. */
+    o = PyObject_GetAttr(rec, name[N_FAILED]);
+    if (o == NULL)
+        goto error;
+    if (o == Py_False) {
+        Py_CLEAR(o);
+        o = peek(rec, N_FD);
+        fd = -1;
+        if (o != NULL && int64(o, &v) && v >= 0 && v <= INT_MAX)
+            fd = (int) v;
+        Py_CLEAR(o);
+        o = peek(rec, N_FSYNC);
+        if (fd >= 0 && o != NULL && PyUnicode_CheckExact(o) && !is_word(o, V_STATEMENT)
+            && attr_is(chain, N_SEALED, Py_False)) {
+            Py_CLEAR(o);
+            line = PyTuple_GET_ITEM(built, 0);
+            digest = PyTuple_GET_ITEM(built, 1);
+            /* Chain.advance: seq += 1, prev = digest; then _append. */
+            o = PyObject_GetAttr(chain, name[N_SEQ]);
+            if (o != NULL)
+                Py_SETREF(o, PyNumber_Add(o, int_one));
+            if (o == NULL || PyObject_SetAttr(chain, name[N_SEQ], o) < 0
+                || PyObject_SetAttr(chain, name[N_PREV], digest) < 0 || append(fd, line) < 0) {
+                PyObject *exc = caught();
+
+                if (exc == NULL)
+                    goto error;
+                result = PyObject_CallMethodOneArg(rec, name[N_FAIL], exc);
+                Py_DECREF(exc);
+                if (result == NULL)
+                    goto error;
+                Py_SETREF(result, Py_NewRef(Py_False));
+                goto done;
+            }
+            result = Py_NewRef(Py_True);
+            goto done;
+        }
+    }
+    Py_CLEAR(o);
+    {
+        PyObject *emit_args[5] = {rec, name[V_STATEMENT], Py_None, now, built};
+
+        result = PyObject_VectorcallMethod(name[N_EMIT], emit_args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    goto done;
+
+fall_back:
+    PyErr_Clear();
+    {
+        PyObject *fallback_args[2] = {rec, st};
+
+        result = PyObject_Vectorcall(fallback, fallback_args, 2, NULL);
+    }
+    goto done;
+error:
+    result = NULL;
+done:
+    Py_XDECREF(verdict);
+    Py_XDECREF(cls);
+    Py_XDECREF(rule);
+    Py_XDECREF(ended);
+    Py_XDECREF(started);
+    Py_XDECREF(text);
+    Py_XDECREF(params);
+    Py_XDECREF(tag);
+    Py_XDECREF(rows);
+    Py_XDECREF(sqlstate);
+    Py_XDECREF(message);
+    Py_XDECREF(via);
+    Py_XDECREF(chain);
+    Py_XDECREF(clock);
+    Py_XDECREF(o);
+    Py_XDECREF(now);
+    Py_XDECREF(dur);
+    Py_XDECREF(duration_ms);
+    Py_XDECREF(intro);
+    Py_XDECREF(func);
+    Py_XDECREF(seq1);
+    Py_XDECREF(prev);
+    Py_XDECREF(built);
+    return result;
+}
+
 static PyMethodDef recline_methods[] = {
     {"statement_line", (PyCFunction) (void (*)(void)) statement_line, METH_FASTCALL,
      "statement_line(seq, prev, now, text, cls, decision, rule, started, duration_ms, via, params, tag, rows, "
      "sqlstate, message, introspection) -> (line, digest) | None: a statement record's exact bytes "
      "and hash, or None when only the Python path can vouch for them."},
+    {"write_statement", (PyCFunction) (void (*)(void)) write_statement, METH_FASTCALL,
+     "write_statement(fallback, rec, st) -> bool | fallback's result: record the tracker's finished "
+     "statement st on the SessionRecorder rec as fallback(rec, st) would (see the module's comment)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -467,5 +950,26 @@ PyInit__recline(void)
         if (str_hexdigest == NULL)
             return NULL;
     }
+    for (int i = 0; i < N_NAMES; i++) {
+        if (name[i] == NULL) {
+            name[i] = PyUnicode_InternFromString(name_text[i]);
+            if (name[i] == NULL)
+                return NULL;
+        }
+    }
+    if (round_func == NULL) {
+        PyObject *builtins = PyImport_ImportModule("builtins");
+
+        if (builtins == NULL)
+            return NULL;
+        round_func = PyObject_GetAttrString(builtins, "round");
+        Py_DECREF(builtins);
+        if (round_func == NULL)
+            return NULL;
+    }
+    if (int_one == NULL && (int_one = PyLong_FromLong(1)) == NULL)
+        return NULL;
+    if (int_three == NULL && (int_three = PyLong_FromLong(3)) == NULL)
+        return NULL;
     return PyModule_Create(&recline_module);
 }

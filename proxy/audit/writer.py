@@ -42,7 +42,11 @@ Rules:
   exact bytes, and a structlog line costs ten times more (STYLE.md, (d) 8).
   ``statement`` lines come from the optional C extension when it is built
   (``record.LINE_IMPL == "c"``, the same bytes; a record it refuses, and
-  any that keeps a ``rows_sample``, goes through ``record.Chain``).
+  any that keeps a ``rows_sample``, goes through ``record.Chain``).  The
+  relay's tracker hands its statements to ``statement_sink`` when built
+  (``SINK_IMPL == "c"``): the same record, counters and failure handling as
+  ``client_conn._write_statement`` + ``statement()``, in one C call, with
+  everything unusual handed back to them (proxy/audit/_recline.c).
 * Identity is bound explicitly (session id and grant id given to ``open``),
   never read from contextvars: in asyncio.Protocol callbacks they do not
   carry a session's identity, and under uvloop they leak.
@@ -93,6 +97,21 @@ FILE_MODE = 0o600
 START_FIELDS = ("client_addr", "tls", "user", "database", "grant", "scope", "reason", "ticket",
                 "approver", "backend_pid")
 _START_RESERVED = R.RESERVED | {"v", "session", "capture"}
+
+
+try:
+    from ._recline import write_statement as write_statement_c
+except ImportError:        # built without a C compiler (or an older build): the reference path
+    write_statement_c = None
+if R.statement_line_c is None:      # the sink builds its lines with the same code: only when that passed
+    write_statement_c = None
+
+#: The tracker's emit when compiled: ``statement_sink(fallback, rec, st)`` records ``st`` exactly as
+#: ``fallback(rec, st)`` (``proxy.net.client_conn._write_statement``) would, in C for the ordinary
+#: statement, through ``fallback`` or ``SessionRecorder._record`` otherwise (proxy/audit/_recline.c).
+#: ``ClientConn._start_recording`` looks it up per session; None (tests, benchmarks) forces the Python path.
+statement_sink = write_statement_c
+SINK_IMPL = "c" if write_statement_c is not None else "python"
 
 
 def new_session_id(now: float | None = None) -> str:
@@ -252,6 +271,17 @@ class SessionRecorder:
         sample = None
         if rows_sample is not None and self._capture_rows:
             sample = rows_sample[:self._capture_rows]
+        return self._record(now, text, params, cls, decision, rule, started, duration_ms, tag, rows, sqlstate,
+                            message, introspection, via, sample)
+
+    def _record(self, now: float, text: str, params: Sequence[Any] | None, cls: str | None, decision: str,
+                rule: str | None, started: float, duration_ms: float, tag: str | None, rows: int | None,
+                sqlstate: str | None, message: str | None, introspection: Any, via: str,
+                sample: Sequence[Sequence[Any]] | None) -> bool:
+        """The rest of ``statement()`` once the clock was read and the fields settled (params
+        already dropped unless captured, rows taken from the tag, introspection decided, the
+        sample cut): build the line, count, emit.  The compiled sink (``statement_sink``) calls
+        it with the clock's reading when ``statement_line_c`` refuses the record."""
         built = fields = None
         if sample is None and R.LINE_IMPL == "c":      # the compiled line; None: Python's to write
             chain = self._chain

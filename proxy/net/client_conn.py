@@ -41,6 +41,7 @@ from ..wire.framing import NEED_DATA, FrameScanner
 from ..session.enforce import Enforcer
 from ..wire.server_stream import ServerStream
 from .. import metrics
+from ..audit import writer as audit_writer
 from ..audit.writer import new_session_id
 from ..session import track
 from ..session.track import Statement
@@ -548,8 +549,11 @@ class ClientConn(asyncio.Protocol):
                   reason=claims.reason, ticket=claims.ticket, approver=claims.approver,
                   backend_pid=self.up_pid, upstream_role=self.scope.role)
         # The tracker hands each finished statement straight to the recorder (no method of ours in
-        # between); the class is looked up here so tests can swap in the reference implementation.
-        self.tracker = track.StatementTracker(partial(_write_statement, rec), capture_params=acfg.capture_params,
+        # between): the compiled sink when built (audit_writer.statement_sink, None forces the Python path),
+        # else _write_statement; both and the class are looked up here so tests can swap in the references.
+        sink = audit_writer.statement_sink
+        emit = partial(_write_statement, rec) if sink is None else partial(sink, _write_statement, rec)
+        self.tracker = track.StatementTracker(emit, capture_params=acfg.capture_params,
                                               copy_out_bytes=self._copy_out_bytes, capture_rows=acfg.capture_rows,
                                               watch_rows=self._watch_rows)
         self.stream.on_message = self.tracker.on_server
