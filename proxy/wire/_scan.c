@@ -139,6 +139,21 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Hold the stop table table_obj in *table (its buffer, 256 bytes); 0, or -1 with the exception set
+ * and nothing held. */
+static int
+hold_table(PyObject *table_obj, Py_buffer *table)
+{
+    if (PyObject_GetBuffer(table_obj, table, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (table->len != 256) {
+        PyBuffer_Release(table);
+        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
+        return -1;
+    }
+    return 0;
+}
+
 /* A walk's arguments: the data, where to start (not negative), and the 256-byte table of the
  * types to stop at.  0 with both buffers held, or -1 with an exception set and neither held. */
 static int
@@ -150,14 +165,8 @@ walk_buffers(PyObject *data_obj, Py_ssize_t pos, PyObject *stop_obj, Py_buffer *
     }
     if (PyObject_GetBuffer(data_obj, data, PyBUF_SIMPLE) < 0)
         return -1;
-    if (PyObject_GetBuffer(stop_obj, stop, PyBUF_SIMPLE) < 0) {
+    if (hold_table(stop_obj, stop) < 0) {
         PyBuffer_Release(data);
-        return -1;
-    }
-    if (stop->len != 256) {
-        PyBuffer_Release(stop);
-        PyBuffer_Release(data);
-        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
         return -1;
     }
     return 0;
@@ -575,21 +584,6 @@ add_to_attr(PyObject *obj, PyObject *name, PyObject *value)
     rc = PyObject_SetAttr(obj, name, sum);
     Py_DECREF(sum);
     return rc;
-}
-
-/* Hold the stop table table_obj in *table (its buffer, 256 bytes); 0, or -1 with the exception set
- * and nothing held. */
-static int
-hold_table(PyObject *table_obj, Py_buffer *table)
-{
-    if (PyObject_GetBuffer(table_obj, table, PyBUF_SIMPLE) < 0)
-        return -1;
-    if (table->len != 256) {
-        PyBuffer_Release(table);
-        PyErr_SetString(PyExc_ValueError, "stop must be 256 bytes long");
-        return -1;
-    }
-    return 0;
 }
 
 static PyObject *

@@ -54,6 +54,22 @@ PGBENCH_MSGS = [msg(b"B", bind_body("", "P0_1", [b"12345"], [], [0])), msg(b"E",
 PGBENCH_TX = b"".join(PGBENCH_MSGS)        # one pgbench -M prepared transaction, as libpq sends it
 
 
+def assert_no_growth(once, label) -> None:
+    """Call once() 1,000 times to warm up, then 20,000 more: traced memory must not grow (a leak per
+    call would show as at least 20,000 objects)."""
+    for _ in range(1000):
+        once()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20000):
+            once()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4096, (label, grown)
+
+
 # ---------------------------------------------------------------- fakes
 
 class RecordingTracker:
@@ -637,17 +653,7 @@ def test_does_not_leak():
                 walk_client_c(buf, 0, NO_STOP, 1 << 30, tracker)
             except RuntimeError:
                 pass
-        for _ in range(1000):
-            once()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for _ in range(20000):
-                once()
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-        assert grown < 4096, (data, grown)
+        assert_no_growth(once, data)
 
 
 # Run in a child process: a stray read is a segfault there, a failed test here.

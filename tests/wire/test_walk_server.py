@@ -17,7 +17,6 @@ stops, argument checks, memory.
 from __future__ import annotations
 
 import struct
-import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +24,7 @@ from hypothesis import strategies as st
 
 from proxy.wire import encode, server_stream
 from proxy.wire.server_stream import MAX_ERROR_SIZE, WATCHED, ServerStream, skip_messages_py, walk_server_c
+from tests.wire.test_walk_client import assert_no_growth
 
 needs_c = pytest.mark.skipif(walk_server_c is None, reason="the C extension was not built")
 
@@ -441,14 +441,4 @@ def test_does_not_leak():
             except RuntimeError:
                 pass
             s.ready_count = s.copy_bytes = 0
-        for _ in range(1000):
-            once()
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for _ in range(20000):
-                once()
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
-        assert grown < 4096, (data, grown)
+        assert_no_growth(once, data)
