@@ -6,14 +6,74 @@ client logs in to the server through it). The issue's baseline measured one
 like it; the suite runs it beside pgwarden with ``--bare`` so that "what a
 Python relay costs at all" and "what pgwarden adds" are told apart in one run.
 
-    python -m benchmarks.bare_relay --listen 6433 --upstream 127.0.0.1:5432
+With ``--record DIR`` it also keeps the least a per-statement recording can
+do, and nothing else: per session one file in DIR, and for each
+ReadyForQuery the server sends, before the bytes go on to the client, one
+JSON line of a pgwarden statement record's size that carries the SHA-256 of
+the previous line, written with one ``write(2)``. It parses nothing either
+(it finds ReadyForQuery by its 6 bytes, which is enough for pgbench's
+select-only workloads and not a recording anyone could use): the floor for
+any Python relay that records each statement as DESIGN.md asks, with no
+policy and no statement tracking.
+
+    python -m benchmarks.bare_relay --listen 6433 --upstream 127.0.0.1:5432 [--record DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import os
 import socket
+import time
+import uuid
+from pathlib import Path
+
+_READY = b"Z\x00\x00\x00\x05"      # ReadyForQuery: type, length 5 (its status byte follows)
+# A pgwarden statement record of pgbench -S -M prepared, field for field (about 380 bytes).
+_LINE = (b'{"class":"read","decision":"allowed","duration_ms":%.3f,"params":["%d"],"prev":"%s","rows":1,'
+         b'"rule":"read.select","seq":%d,"started":"%s","tag":"SELECT 1",'
+         b'"text":"SELECT abalance FROM pgbench_accounts WHERE aid = $1;","ts":"%s","type":"statement",'
+         b'"via":"execute"}\n')
+
+
+class _Recording:
+    """One file per session; one hash-chained line and one write(2) per ReadyForQuery.  Like
+    pgwarden's, it reads the clock when the client's message comes and when the answer does, and
+    formats the date and time of day once per second."""
+
+    __slots__ = ("fd", "n", "prev", "started", "_second", "_prefix")
+
+    def __init__(self, directory: Path) -> None:
+        self.fd = os.open(directory / f"{uuid.uuid4().hex}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.n = 0
+        self.prev = b"0" * 64
+        self.started = time.time()
+        self._second, self._prefix = -1, b""
+
+    def _iso(self, t: float) -> bytes:
+        second = int(t)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        return b"%s.%06dZ" % (self._prefix, int((t - second) * 1e6))
+
+    def client_data(self) -> None:
+        self.started = time.time()
+
+    def server_data(self, data: bytes) -> None:
+        for _ in range(data.count(_READY)):
+            now = time.time()
+            self.n += 1
+            line = _LINE % ((now - self.started) * 1e3, self.n, self.prev, self.n, self._iso(self.started),
+                            self._iso(now))
+            self.prev = hashlib.sha256(line).hexdigest().encode()
+            os.write(self.fd, line)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _Pipe(asyncio.Protocol):
@@ -21,6 +81,7 @@ class _Pipe(asyncio.Protocol):
         self.peer: _Pipe | None = None
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []
+        self.recording: _Recording | None = None       # set on the server side with --record
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -29,21 +90,28 @@ class _Pipe(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.recording is not None:
+            self.recording.server_data(data)
         peer = self.peer
+        if peer is not None and peer.recording is not None:     # the client's message (only the server side records)
+            peer.recording.client_data()
         if peer is not None and peer.transport is not None:
             peer.transport.write(data)
         else:
             self.pending.append(data)
 
     def connection_lost(self, exc) -> None:
+        if self.recording is not None:
+            self.recording.close()
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
 
 class _Client(_Pipe):
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], record: Path | None = None) -> None:
         super().__init__()
         self.upstream = upstream
+        self.record = record
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -60,14 +128,16 @@ class _Client(_Pipe):
             up.transport.close()
             return
         up.peer, self.peer = self, up
+        if self.record is not None:
+            up.recording = _Recording(self.record)
         if self.pending:
             up.transport.write(b"".join(self.pending))
             self.pending.clear()
 
 
-async def serve(listen: int, upstream: tuple[str, int]) -> None:
+async def serve(listen: int, upstream: tuple[str, int], record: Path | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(upstream), "127.0.0.1", listen, backlog=1024)
+    server = await loop.create_server(lambda: _Client(upstream, record), "127.0.0.1", listen, backlog=1024)
     async with server:
         await server.serve_forever()
 
@@ -76,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", type=int, required=True)
     ap.add_argument("--upstream", required=True, help="host:port")
+    ap.add_argument("--record", type=Path, metavar="DIR",
+                    help="also write one hash-chained line per ReadyForQuery to a file per session in DIR")
     args = ap.parse_args(argv)
     host, _, port = args.upstream.rpartition(":")
     try:
@@ -84,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         run = asyncio.run
     try:
-        run(serve(args.listen, (host, int(port))))
+        run(serve(args.listen, (host, int(port)), args.record))
     except KeyboardInterrupt:
         pass
     return 0

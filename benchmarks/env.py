@@ -165,6 +165,7 @@ class BenchEnv:
     workers: int = 1
     norec: bool = False
     bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
+    bare_record: bool = False       # also the bare relay writing one chained line per statement (--record)
     parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
     baseline: Path | None = None    # also a pgwarden (recording on) run from this other source tree
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
@@ -176,6 +177,7 @@ class BenchEnv:
         self.pgwarden_norec: Proc | None = None
         self.bouncer: Proc | None = None
         self.bare_relay: Proc | None = None
+        self.bare_relay_record: Proc | None = None
         self.part_procs: dict[str, Proc] = {}
         self.baseline_proc: Proc | None = None
         if self.baseline is not None and not (Path(self.baseline) / "proxy" / "__main__.py").is_file():
@@ -236,7 +238,11 @@ class BenchEnv:
             self.baseline_proc = self._start_pgwarden(roles, kp, "pgwarden-baseline", self.recording, root=tree,
                                                       env={"PYTHONPATH": str(tree)})
         if self.bare:
-            self._start_bare_relay()
+            self.bare_relay = self._start_bare_relay("bare-relay")
+        if self.bare_record:
+            records = self.work / "bare-relay-records"
+            records.mkdir()
+            self.bare_relay_record = self._start_bare_relay("bare-relay-record", "--record", str(records))
         if self.pgbouncer:
             exe = ensure_pgbouncer(self.install)
             if exe:
@@ -297,15 +303,16 @@ class BenchEnv:
         wait_port(port, proc=popen, what=name)
         return proc
 
-    def _start_bare_relay(self) -> None:
+    def _start_bare_relay(self, name: str, *args: str) -> Proc:
         port = free_port()
-        log_path = self.work / "bare-relay.log"
+        log_path = self.work / f"{name}.log"
         popen = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
-                                  "--upstream", f"127.0.0.1:{self.pg.port}"], stdout=subprocess.DEVNULL,
+                                  "--upstream", f"127.0.0.1:{self.pg.port}", *args], stdout=subprocess.DEVNULL,
                                  stderr=open(log_path, "wb"), cwd=str(ROOT))
-        self.bare_relay = Proc("bare-relay", popen, popen.pid, port, log_path)
-        self.procs.append(self.bare_relay)
-        wait_port(port, proc=popen, what="bare relay")
+        proc = Proc(name, popen, popen.pid, port, log_path)
+        self.procs.append(proc)
+        wait_port(port, proc=popen, what=name)
+        return proc
 
     def mint(self, ttl: float = 24 * 3600) -> str:
         return mint(self.private_key, kid=self.kid, sub=USER, db=DB, scope=SCOPE, audience="pgwarden",
@@ -380,6 +387,8 @@ pidfile = {d}/pgbouncer.pid
             out["pgwarden-baseline"] = dict(out["pgwarden"], PGPORT=str(self.baseline_proc.port))
         if self.bare_relay is not None:             # logs in upstream as the direct path does, through it
             out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
+        if self.bare_relay_record is not None:
+            out["bare-relay-record"] = dict(out["direct"], PGPORT=str(self.bare_relay_record.port))
         return out
 
     def versions(self) -> dict[str, str]:

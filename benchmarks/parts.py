@@ -34,6 +34,8 @@ from benchmarks.suite import run_pgbench                # noqa: E402
 
 LABELS = {
     "pgbouncer": "PgBouncer",
+    "bare-relay": "bare Python relay (parses nothing)",
+    "bare-relay-record": "bare relay + one chained line and write(2) per statement",
     "pgwarden-norec": "pgwarden, recording off",
     "pgwarden-no-tracker": "recorder open, no statement tracker",
     "pgwarden-no-records": "tracker on, statement records not built",
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="also run pgwarden (recording on) from this other source tree")
+    ap.add_argument("--bare", action="store_true",
+                    help="also the bare Python relay, alone and writing one chained line per statement "
+                         "(benchmarks/bare_relay.py --record): the floors under pgwarden's two halves")
     args = ap.parse_args(argv)
-    with BenchEnv(norec=True, parts=PARTS, baseline=args.baseline) as env:
+    with BenchEnv(norec=True, parts=PARTS, baseline=args.baseline, bare=args.bare, bare_record=args.bare) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
                 **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
@@ -82,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             pids["pgwarden-baseline"] = env.baseline_proc.pid
         if env.bouncer is not None:
             pids["pgbouncer"] = env.bouncer.pid
+        for proc in (env.bare_relay, env.bare_relay_record):
+            if proc is not None:
+                pids[proc.name] = proc.pid
         order = [name for name in LABELS if name in targets and name in pids]
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}

@@ -24,9 +24,9 @@ def test_classify_cost_quick_run():
     assert any("masked" in ln for ln in proc.stdout.splitlines()[:1])
 
 
-def test_bare_relay_pipes_bytes_both_ways():
-    """benchmarks/bare_relay.py, the suite's floor: what the client sends reaches the upstream and
-    what the upstream answers reaches the client, byte for byte (an echo server as upstream)."""
+def _through_bare_relay(*args: str, send: bytes, answer, expect: int) -> bytes:
+    """Send ``send`` through benchmarks/bare_relay.py (with ``args``) to a one-connection upstream
+    that replies ``answer(data)``; return the first ``expect`` bytes the client gets back."""
     import socket
     import threading
     import time
@@ -38,13 +38,13 @@ def test_bare_relay_pipes_bytes_both_ways():
         conn, _ = echo.accept()
         with conn:
             while data := conn.recv(65536):
-                conn.sendall(data[::-1])
+                conn.sendall(answer(data))
     threading.Thread(target=serve, daemon=True).start()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     relay = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
-                              "--upstream", f"127.0.0.1:{up_port}"], cwd=REPO)
+                              "--upstream", f"127.0.0.1:{up_port}", *args], cwd=REPO)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -55,15 +55,40 @@ def test_bare_relay_pipes_bytes_both_ways():
                 assert time.monotonic() < deadline and relay.poll() is None, "the bare relay did not listen"
                 time.sleep(0.1)
         with client:
-            client.sendall(b"hello, relay")
+            client.sendall(send)
             got = b""
-            while len(got) < 12:
+            while len(got) < expect:
                 got += client.recv(100)
-        assert got == b"yaler ,olleh"
+        return got
     finally:
         relay.terminate()
         relay.wait(10)
         echo.close()
+
+
+def test_bare_relay_pipes_bytes_both_ways():
+    """benchmarks/bare_relay.py, the suite's floor: what the client sends reaches the upstream and
+    what the upstream answers reaches the client, byte for byte (an echo server as upstream)."""
+    assert _through_bare_relay(send=b"hello, relay", answer=lambda d: d[::-1], expect=12) == b"yaler ,olleh"
+
+
+def test_bare_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path):
+    """--record: the floor of a per-statement recording. Two ReadyForQuery in the answer give two
+    lines in the session's file, each carrying the SHA-256 of the line before; the bytes still
+    reach the client unchanged."""
+    import hashlib
+    import json
+
+    answer = b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I" * 2
+    got = _through_bare_relay("--record", str(tmp_path), send=b"Q", answer=lambda d: answer, expect=len(answer))
+    assert got == answer
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1
+    lines = files[0].read_bytes().splitlines(keepends=True)
+    assert [json.loads(ln)["seq"] for ln in lines] == [1, 2]
+    assert json.loads(lines[0])["prev"] == "0" * 64
+    assert json.loads(lines[1])["prev"] == hashlib.sha256(lines[0]).hexdigest()
+    assert 350 <= len(lines[0]) <= 400, len(lines[0])                # a pgwarden statement record: ~380
 
 
 def test_layer_table_gives_each_layer_as_a_ratio_to_pgbouncer():
