@@ -41,6 +41,7 @@ from benchmarks.env import DB, BenchEnv, log, pgbench_path, rss_kb
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
 BARE = "bare-relay"
+BARE_RECORD = "bare-relay-record"   # the bare relay writing one chained line per statement (--record)
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def run(args) -> Results:
     res = Results()
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
     per_run = args.duration + 1.5
-    extra = sum(w.norec for w in selected) * (int(args.norec) + int(args.bare))
+    extra = sum(w.norec for w in selected) * (int(args.norec) + 2 * int(args.bare))
     estimate = ((len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
                 + (40 if args.expiry else 0))
     log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
@@ -233,7 +234,7 @@ def run(args) -> Results:
     t_start = time.monotonic()
     with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
                   pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec,
-                  bare=args.bare, workers=args.workers) as env:
+                  bare=args.bare, bare_record=args.bare, workers=args.workers) as env:
         res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
                     "workers": args.workers,
                     "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -254,6 +255,7 @@ def run(args) -> Results:
             if not w.norec or w.tls:
                 targets.pop(NOREC, None)
                 targets.pop(BARE, None)
+                targets.pop(BARE_RECORD, None)
             pg_args = w.pgbench_args(args.duration, script)
             res.meta["commands"][w.key] = "pgbench " + " ".join(
                 a if a != str(script) else "rows10k.sql" for a in pg_args)
@@ -317,13 +319,17 @@ def table(res: Results) -> str:
 
 
 def norec_table(res: Results) -> str:
-    """What each layer costs, where measured: a bare Python relay (no parsing), pgwarden with
-    recording off (policy on), pgwarden as run (recording on), each as a ratio to PgBouncer."""
+    """What each layer costs, where measured: a bare Python relay (no parsing), the same relay
+    writing one hash-chained line per statement (the floor under any recording relay in Python),
+    pgwarden with recording off (policy on), pgwarden as run (recording on), each as a ratio to
+    PgBouncer."""
     measured = [w for w in WORKLOADS if res.median(w.key, BARE) is not None or res.median(w.key, NOREC) is not None]
     if not measured:
         return ""
     cols = [(k, label, short) for k, label, short in (
-        (BARE, "bare Python relay", "bare"), (NOREC, "pgwarden, recording off", "off"),
+        (BARE, "bare Python relay", "bare"),
+        (BARE_RECORD, "bare relay + a chained line per statement", "bare+line"),
+        (NOREC, "pgwarden, recording off", "off"),
         ("pgwarden", "pgwarden, recording on", "on")) if any(res.median(w.key, k) is not None for w in measured)]
     rows = ["| workload | -c | PgBouncer | " + " | ".join(label for _, label, _ in cols) + " | "
             + " | ".join(f"{short}/PgBouncer" for _, _, short in cols) + " |",
@@ -374,7 +380,8 @@ def chart(res: Results, path: Path) -> bool:
     series = [("pgwarden / direct", "pgwarden", "direct", colors["direct"]),
               ("pgwarden / PgBouncer", "pgwarden", "pgbouncer", colors["pgbouncer"]),
               ("pgwarden, recording off / PgBouncer", NOREC, "pgbouncer", "#ff9896"),
-              ("bare Python relay / PgBouncer", BARE, "pgbouncer", "#2ca02c")]
+              ("bare Python relay / PgBouncer", BARE, "pgbouncer", "#2ca02c"),
+              ("bare relay + a chained line per statement / PgBouncer", BARE_RECORD, "pgbouncer", "#98df8a")]
     series = [(label, [_ratio(res.median(w.key, a), res.median(w.key, b)) or 0 for w in allw], color)
               for label, a, b, color in series]
     series = [x for x in series if any(x[1])]
@@ -413,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norec", action="store_true",
                     help="also run a pgwarden with recording off on the -c 8 workloads (what recording costs)")
     ap.add_argument("--no-bare", dest="bare", action="store_false",
-                    help="skip the bare Python relay (benchmarks/bare_relay.py) measured on the -c 8 workloads")
+                    help="skip the bare Python relay (benchmarks/bare_relay.py), alone and with --record, "
+                         "measured on the -c 8 workloads")
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")
