@@ -9,12 +9,12 @@ Python relay costs at all" and "what pgwarden adds" are told apart in one run.
 With ``--record DIR`` it also keeps the least a per-statement recording can
 do, and nothing else: per session one file in DIR, and for each
 ReadyForQuery the server sends, before the bytes go on to the client, one
-JSON line of a pgwarden statement record's size that carries the SHA-256 of
-the previous line, written with one ``write(2)``. It parses nothing either
-(it finds ReadyForQuery by its 6 bytes, which is enough for pgbench's
-select-only workloads and not a recording anyone could use): the floor for
-any Python relay that records each statement as DESIGN.md asks, with no
-policy and no statement tracking.
+JSON line shaped like pgwarden's statement record that carries the SHA-256
+of the previous line, written with one ``write(2)``. It parses nothing
+either (it finds ReadyForQuery by its type and length bytes, and misses one
+split across two reads: enough for pgbench's workloads, not a recording
+anyone could use): the floor for any Python relay that records each
+statement as DESIGN.md asks, with no policy and no statement tracking.
 
     python -m benchmarks.bare_relay --listen 6433 --upstream 127.0.0.1:5432 [--record DIR]
 """
