@@ -45,6 +45,7 @@ from ..audit import writer as audit_writer
 from ..audit.writer import new_session_id
 from ..session import track
 from ..session.track import Statement
+from .gate import query_walk_context
 from .grant_watch import GrantRefused
 from .tls import MemoryTLS
 from .upstream import UpstreamError, UpstreamProtocol, open_and_login, send_cancel
@@ -69,7 +70,7 @@ class ClientConn(asyncio.Protocol):
         "up_pid", "up_key", "pid", "key", "reading_paused", "up_reading_paused", "connect_task",
         "started_at", "closing", "_seen_first_byte", "enforcer", "waiting", "sql_prepared", "stream",
         "sync_points", "deadline", "deadline_reason", "timer", "warned", "pending_notices", "end_reason",
-        "session_id", "grant_recorded", "recorder", "tracker", "cut_lag", "live",
+        "session_id", "grant_recorded", "recorder", "tracker", "cut_lag", "live", "query_walk",
     )
 
     def __init__(self, server) -> None:
@@ -115,6 +116,7 @@ class ClientConn(asyncio.Protocol):
         self.tracker: track.StatementTracker | None = None   # pairs statements with their outcome, for the recorder
         self.cut_lag: float | None = None        # ms from the deadline to the cut, when cut at a deadline
         self.live = False                        # counted in the sessions_active metric
+        self.query_walk = None                   # gate.query_walk_context for the compiled client walk
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -392,6 +394,7 @@ class ClientConn(asyncio.Protocol):
         out.extend(result.notices)
         out.append(encode.READY_IDLE)
         self.transport_write(b"".join(out))
+        self.query_walk = query_walk_context(self.server.gate, self.claims.scope)
         self.phase = RELAY
         self._arm_timer()
         self.log.info("session_start", upstream_pid=self.up_pid, tls=self.tls is not None,
@@ -437,17 +440,19 @@ class ClientConn(asyncio.Protocol):
         enforcer = self.enforcer
         tracker = self.tracker
         walk = framing.walk_client
+        query_walk = self.query_walk
         max_size = scanner.max_message_size
         while self.waiting is None:
             # framing.walk_client (compiled) steps over the messages that need no policy decision --
-            # Bind, Execute, Sync, CopyData, Describe, Flush, CopyDone, CopyFail -- doing for each
-            # what the branches below would, and stops before anything else (or malformed, or not
-            # whole), which they then take. The walked bytes stay in the forwarded range. If a
+            # Bind, Execute, Sync, CopyData, Describe, Flush, CopyDone, CopyFail -- and, given
+            # query_walk, a Query whose verdict the judge has cached, allowed and effect-free (see
+            # gate.query_walk_context), doing for each what the branches below would, and stops
+            # before anything else (or malformed, or not whole), which they then take. The walked bytes stay in the forwarded range. If a
             # tracker method raises, it propagates with scanner.pos and sync_points not advanced for
             # that walk's messages (the branches would have advanced both); nothing is forwarded
             # either way, and data_received fails the session.
             pos, syncs = walk(buf, scanner.pos, _WALK_STOP_BIND if enforcer.denied_statements else _WALK_STOP,
-                              max_size, tracker)
+                              max_size, tracker, query_walk)
             scanner.pos = pos
             if syncs:
                 self.sync_points += syncs

@@ -24,7 +24,13 @@ import threading
 
 import structlog
 
+from policy import cache as _cache
+from policy.sql import masked as _masked
+
+from .. import metrics
 from ..session.enforce import Verdict
+from ..session.judge import Judge
+from ..wire.framing import walk_client_c
 
 log = structlog.get_logger("pgwarden.gate")
 
@@ -109,3 +115,28 @@ class PolicyGate:
         session.on_verdict(text)
         self._results.pop((scope, text), None)
 
+
+
+def query_walk_context(gate, scope: str) -> tuple | None:
+    """What the compiled client walk needs to let a Query through on its own (``walk_client``'s
+    ``query``), for a session in ``scope``: or None, and every Query goes to ClientConn._relay's
+    Python branch (the reference).
+
+    The walk uses it only where that branch would find the verdict in the judge's caches,
+    allowed and without effects (an exact repeat in ``Judge._verdicts``; or, the exact text not
+    classified, its masked key in the classification cache, literal independent, with a verdict
+    in ``Judge._masked_verdicts``), and then does what the branch does: the cache's LRU and
+    ``masked_hits`` for a masked hit, ``metrics.statement``, one sync point, ``tracker.query``.
+    So it needs the very objects the branch reads, built for nothing but the shipped gate,
+    judge, cache and compiled masked key: anything else (a subclass, a patched masked_key)
+    gets None.  The dicts are cleared in place, never replaced, so the tuple stays true for
+    the session's life.
+    """
+    judge = getattr(gate, "judge_fn", None)
+    if (walk_client_c is None or _masked.masked_key_c is None or _cache.masked_key is not _masked.masked_key_c
+            or type(gate) is not PolicyGate or type(judge) is not Judge
+            or type(judge.cache) is not _cache.ClassificationCache or type(scope) is not str):
+        return None
+    from policy.sql import _maskkey
+    return (scope, judge._verdicts, judge._masked_verdicts, judge.cache, judge.cache._data, _maskkey.key,
+            metrics._statement_counts, min(INLINE_LIMIT, judge.cache.max_text_length))

@@ -48,7 +48,7 @@
  * returns.  A wrong argument count or a buf that is not a buffer raises
  * TypeError.
  *
- * walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs)
+ * walk_client(buf, pos, stop, max_size, tracker[, query]) -> (pos, syncs)
  *
  * The client->server counterpart of skip, for ClientConn._relay: from pos,
  * step over whole client messages (type byte, big-endian int32 length
@@ -66,6 +66,24 @@
  *   Sync ('S')      counted in syncs; tracker: tracker.sync().
  *   CopyData ('d')  tracker: tracker.copy_data(payload bytes).
  *   Describe ('D'), Flush ('H'), CopyDone ('c'), CopyFail ('f'): nothing.
+ *   Query ('Q')     only given query, the tuple of proxy.net.gate.
+ *                   query_walk_context (scope, Judge._verdicts,
+ *                   Judge._masked_verdicts, the ClassificationCache, its
+ *                   _data, _maskkey.key, metrics' statement counts, the
+ *                   longest text walked): walked when _relay's branch would
+ *                   find the verdict in the judge's caches -- the body is
+ *                   UTF-8 text ending at its only NUL, no longer than the
+ *                   limit, and either (scope, text) is in _verdicts, or
+ *                   ("t", text) is not in the cache, the masked key of the
+ *                   text's bytes is not None, ("m", key) is in the cache
+ *                   and literal independent, and (scope, key) is in
+ *                   _masked_verdicts -- and that verdict's allowed is True
+ *                   and its prepares and deallocates are empty tuples.  It
+ *                   then does, in order, what the branch does: for a masked
+ *                   hit the cache's move_to_end and masked_hits += 1; the
+ *                   statement count of (allowed, statement_class) + 1;
+ *                   tracker.query(text, verdict); one more sync.  Anything
+ *                   else stops the walk with nothing changed.
  *
  * Without a tracker Bind and Execute are not decoded (as in _relay).  The
  * walk stops before the first message that is not whole in buf (or with
@@ -73,8 +91,9 @@
  * scanner's next_frame raises the error), has a non-zero byte in the
  * 256-byte table stop (the relay puts Bind there while a denied prepared
  * statement exists: Enforcer.check_bind must see each Bind), or has any
- * other type (Query, Parse, Close, FunctionCall, Terminate, PasswordMessage,
- * unknown types: the policy's, or an error, in Python).  Returns the offset
+ * other type (Query unless walked as above, Parse, Close, FunctionCall,
+ * Terminate, PasswordMessage, unknown types: the policy's, or an error, in
+ * Python).  Returns the offset
  * after the last message walked and the number of Syncs among them.
  *
  * The buffer export is held for the whole walk: the tracker's methods are
@@ -426,17 +445,212 @@ call_tracker(PyObject *name, PyObject *const *args, size_t nargs)
     return 0;
 }
 
+/* Interned names for the Query walk (set by the module init). */
+static PyObject *str_query, *str_allowed, *str_prepares, *str_deallocates, *str_statement_class,
+                *str_literal_independent, *str_move_to_end, *str_masked_hits, *str_t, *str_m, *int_one;
+
+#define QUERY_CONTEXT_SIZE 8
+
+/* The Query walk's context, checked once per walk: 0, or -1 with TypeError set. */
+static int
+check_query_context(PyObject *ctx, Py_ssize_t *limit)
+{
+    if (!PyTuple_CheckExact(ctx) || PyTuple_GET_SIZE(ctx) != QUERY_CONTEXT_SIZE ||
+        !PyUnicode_CheckExact(PyTuple_GET_ITEM(ctx, 0)) || !PyDict_Check(PyTuple_GET_ITEM(ctx, 1)) ||
+        !PyDict_Check(PyTuple_GET_ITEM(ctx, 2)) || !PyDict_Check(PyTuple_GET_ITEM(ctx, 4)) ||
+        !PyCallable_Check(PyTuple_GET_ITEM(ctx, 5)) || !PyDict_Check(PyTuple_GET_ITEM(ctx, 6)) ||
+        !PyLong_CheckExact(PyTuple_GET_ITEM(ctx, 7))) {
+        PyErr_SetString(PyExc_TypeError, "walk_client: query must be None or the tuple of gate.query_walk_context");
+        return -1;
+    }
+    *limit = PyLong_AsSsize_t(PyTuple_GET_ITEM(ctx, 7));
+    if (*limit == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* A lookup that tells "absent" (0) from an error (-1); *out is borrowed. */
+static int
+dict_get(PyObject *dict, PyObject *key, PyObject **out)
+{
+    *out = PyDict_GetItemWithError(dict, key);
+    if (*out != NULL)
+        return 1;
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* 1 if the attribute of obj is exactly an empty tuple, 0 if not, -1 on error. */
+static int
+attr_is_empty_tuple(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int r;
+
+    if (v == NULL)
+        return -1;
+    r = PyTuple_CheckExact(v) && PyTuple_GET_SIZE(v) == 0;
+    Py_DECREF(v);
+    return r;
+}
+
+/*
+ * A Query body [start, end): walk it (1) when ClientConn._relay's Python
+ * branch would find its verdict in the judge's caches, allowed and without
+ * effects, and do what that branch does; else leave it to the branch (0,
+ * having changed nothing); -1 with an exception set.  See the header.
+ */
+static int
+walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *ctx, Py_ssize_t limit,
+           PyObject *tracker)
+{
+    PyObject *scope = PyTuple_GET_ITEM(ctx, 0), *verdicts = PyTuple_GET_ITEM(ctx, 1);
+    PyObject *masked_verdicts = PyTuple_GET_ITEM(ctx, 2), *cache = PyTuple_GET_ITEM(ctx, 3);
+    PyObject *cache_data = PyTuple_GET_ITEM(ctx, 4), *key_fn = PyTuple_GET_ITEM(ctx, 5);
+    PyObject *counts = PyTuple_GET_ITEM(ctx, 6);
+    PyObject *text = NULL, *k = NULL, *raw = NULL, *mk = NULL, *mkey = NULL, *found, *verdict = NULL;
+    PyObject *allowed = NULL, *cls = NULL, *count_key = NULL, *count, *tmp;
+    const unsigned char *nul;
+    int r, walked = 0;
+
+    if (start >= end)
+        return 0;                   /* no terminator: decode_query raises it */
+    nul = memchr(p + start, 0, (size_t) (end - start));
+    if (nul != p + end - 1)
+        return 0;                   /* none, or bytes after it: decode_query raises it */
+    text = PyUnicode_DecodeUTF8((const char *) p + start, end - 1 - start, NULL);
+    if (text == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return -1;
+        PyErr_Clear();              /* decode_query raises its ClientProtocolError */
+        return 0;
+    }
+    if (PyUnicode_GET_LENGTH(text) > limit)
+        goto leave;                 /* the gate's worker, or too long to be cached */
+
+    /* Judge: an exact repeat's verdict. */
+    if ((k = PyTuple_Pack(2, scope, text)) == NULL)
+        goto error;
+    if ((r = dict_get(verdicts, k, &verdict)) < 0)
+        goto error;
+    if (r == 0) {
+        /* ClassificationCache.lookup: the exact text classified -> Judge decides (Python's). */
+        Py_DECREF(k);
+        if ((k = PyTuple_Pack(2, str_t, text)) == NULL)
+            goto error;
+        if ((r = dict_get(cache_data, k, &found)) != 0)
+            goto leave_or_error;
+        /* The masked key, as masked_key(text) computes it: _maskkey.key of the text's UTF-8. */
+        if ((raw = PyBytes_FromStringAndSize((const char *) p + start, end - 1 - start)) == NULL ||
+            (mk = PyObject_CallOneArg(key_fn, raw)) == NULL)
+            goto error;
+        if (mk == Py_None)
+            goto leave;
+        if ((mkey = PyTuple_Pack(2, str_m, mk)) == NULL)
+            goto error;
+        if ((r = dict_get(cache_data, mkey, &found)) <= 0)
+            goto leave_or_error;
+        if ((tmp = PyObject_GetAttr(found, str_literal_independent)) == NULL)
+            goto error;
+        r = PyObject_IsTrue(tmp);
+        Py_DECREF(tmp);
+        if (r <= 0)
+            goto leave_or_error;
+        /* Judge: the verdict of every literal value. */
+        Py_DECREF(k);
+        if ((k = PyTuple_Pack(2, scope, mk)) == NULL)
+            goto error;
+        if ((r = dict_get(masked_verdicts, k, &verdict)) <= 0)
+            goto leave_or_error;
+    }
+    Py_INCREF(verdict);             /* held: the calls below run Python code */
+
+    /* Walked only when allowed (exactly True) and without effects (apply_effects does nothing). */
+    if ((allowed = PyObject_GetAttr(verdict, str_allowed)) == NULL)
+        goto error;
+    if (allowed != Py_True)
+        goto leave;
+    if ((r = attr_is_empty_tuple(verdict, str_prepares)) <= 0 ||
+        (r = attr_is_empty_tuple(verdict, str_deallocates)) <= 0)
+        goto leave_or_error;
+    if ((cls = PyObject_GetAttr(verdict, str_statement_class)) == NULL)
+        goto error;
+
+    /* From here on, what the Python path does, in its order. A masked hit: the cache's LRU and
+     * counter (ClassificationCache.lookup). */
+    if (mkey != NULL) {
+        if ((tmp = PyObject_CallMethodOneArg(cache_data, str_move_to_end, mkey)) == NULL)
+            goto error;
+        Py_DECREF(tmp);
+        if ((count = PyObject_GetAttr(cache, str_masked_hits)) == NULL)
+            goto error;
+        tmp = PyNumber_Add(count, int_one);
+        Py_DECREF(count);
+        if (tmp == NULL)
+            goto error;
+        r = PyObject_SetAttr(cache, str_masked_hits, tmp);
+        Py_DECREF(tmp);
+        if (r < 0)
+            goto error;
+    }
+    /* metrics.statement(verdict.allowed, verdict.statement_class) */
+    if ((count_key = PyTuple_Pack(2, allowed, cls)) == NULL)
+        goto error;
+    if ((r = dict_get(counts, count_key, &count)) < 0)
+        goto error;
+    tmp = r ? PyNumber_Add(count, int_one) : PyLong_FromLong(1);
+    if (tmp == NULL)
+        goto error;
+    r = PyDict_SetItem(counts, count_key, tmp);
+    Py_DECREF(tmp);
+    if (r < 0)
+        goto error;
+    /* tracker.query(text, verdict) */
+    if (tracker != NULL) {
+        PyObject *a[3] = {tracker, text, verdict};
+        if ((tmp = PyObject_VectorcallMethod(str_query, a, 3, NULL)) == NULL)
+            goto error;
+        Py_DECREF(tmp);
+    }
+    walked = 1;
+    goto leave;
+
+leave_or_error:
+    if (r < 0)
+        goto error;
+leave:
+    Py_XDECREF(count_key);
+    Py_XDECREF(cls);
+    Py_XDECREF(allowed);
+    Py_XDECREF(verdict);
+    Py_XDECREF(mkey);
+    Py_XDECREF(mk);
+    Py_XDECREF(raw);
+    Py_XDECREF(k);
+    Py_DECREF(text);
+    return walked;
+
+error:
+    walked = -1;
+    goto leave;
+}
+
 static PyObject *
 scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer data, stop;
-    Py_ssize_t pos, n, max_size, syncs = 0;
-    PyObject *tracker;
+    Py_ssize_t pos, n, max_size, syncs = 0, limit = 0;
+    PyObject *tracker, *query = NULL;
     const unsigned char *p, *table;
 
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "walk_client(buf, pos, stop, max_size, tracker) takes 5 arguments");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "walk_client(buf, pos, stop, max_size, tracker[, query]) takes 5 or 6 arguments");
         return NULL;
+    }
+    if (nargs == 6 && args[5] != Py_None) {
+        query = args[5];
+        if (check_query_context(query, &limit) < 0)
+            return NULL;
     }
     pos = PyLong_AsSsize_t(args[1]);
     if (pos == -1 && PyErr_Occurred())
@@ -527,7 +741,20 @@ scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     goto error;
             }
             break;
-        default:                    /* Query, Parse, Close, FunctionCall, Terminate, ...: Python's */
+        case 'Q':                   /* Query: walked when its verdict is cached, allowed, effect-free */
+            if (query == NULL)
+                goto done;
+            switch (walk_query(p, start, end, query, limit, tracker)) {
+            case 1:
+                syncs++;
+                break;
+            case 0:
+                goto done;
+            default:
+                goto error;
+            }
+            break;
+        default:                    /* Parse, Close, FunctionCall, Terminate, ...: Python's */
             goto done;
         }
         pos = end;
@@ -714,8 +941,9 @@ static PyMethodDef scan_methods[] = {
     {"decode_bind", (PyCFunction) (void (*)(void)) scan_decode_bind, METH_FASTCALL,
      "decode_bind(buf, start, end) -> (portal, statement, params), or None where the reference must decode it."},
     {"walk_client", (PyCFunction) (void (*)(void)) scan_walk_client, METH_FASTCALL,
-     "walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs): step over the client's messages that need "
-     "no policy decision, telling the tracker about them."},
+     "walk_client(buf, pos, stop, max_size, tracker[, query]) -> (pos, syncs): step over the client's messages "
+     "that need no policy decision (and, given query, the Queries whose verdict is cached), telling the tracker "
+     "about them."},
     {"walk_server", (PyCFunction) (void (*)(void)) scan_walk_server, METH_FASTCALL,
      "walk_server(stream, data, pos, stop, hook) -> pos: skip, delivering whole watched messages to the "
      "message hook as ServerStream.feed does."},
@@ -740,7 +968,18 @@ PyInit__scan(void)
             (str_on_error = PyUnicode_InternFromString("_on_error")) == NULL ||
             (str_copy_bytes = PyUnicode_InternFromString("copy_bytes")) == NULL ||
             (str_ready_count = PyUnicode_InternFromString("ready_count")) == NULL ||
-            (str_txn_status = PyUnicode_InternFromString("txn_status")) == NULL) {
+            (str_txn_status = PyUnicode_InternFromString("txn_status")) == NULL ||
+            (str_query = PyUnicode_InternFromString("query")) == NULL ||
+            (str_allowed = PyUnicode_InternFromString("allowed")) == NULL ||
+            (str_prepares = PyUnicode_InternFromString("prepares")) == NULL ||
+            (str_deallocates = PyUnicode_InternFromString("deallocates")) == NULL ||
+            (str_statement_class = PyUnicode_InternFromString("statement_class")) == NULL ||
+            (str_literal_independent = PyUnicode_InternFromString("literal_independent")) == NULL ||
+            (str_move_to_end = PyUnicode_InternFromString("move_to_end")) == NULL ||
+            (str_masked_hits = PyUnicode_InternFromString("masked_hits")) == NULL ||
+            (str_t = PyUnicode_InternFromString("t")) == NULL ||
+            (str_m = PyUnicode_InternFromString("m")) == NULL ||
+            (int_one = PyLong_FromLong(1)) == NULL) {
             Py_CLEAR(str_bind);
             Py_CLEAR(str_execute);
             Py_CLEAR(str_sync);
@@ -749,6 +988,17 @@ PyInit__scan(void)
             Py_CLEAR(str_on_error);
             Py_CLEAR(str_copy_bytes);
             Py_CLEAR(str_ready_count);
+            Py_CLEAR(str_txn_status);
+            Py_CLEAR(str_query);
+            Py_CLEAR(str_allowed);
+            Py_CLEAR(str_prepares);
+            Py_CLEAR(str_deallocates);
+            Py_CLEAR(str_statement_class);
+            Py_CLEAR(str_literal_independent);
+            Py_CLEAR(str_move_to_end);
+            Py_CLEAR(str_masked_hits);
+            Py_CLEAR(str_t);
+            Py_CLEAR(str_m);
             return NULL;
         }
     }

@@ -14,7 +14,8 @@ Rules:
 
 Speed: in the relay, the client messages that need no policy decision
 (Bind, Execute, Sync, CopyData: told to the statement tracker, Syncs
-counted; Describe, Flush, CopyDone, CopyFail) are stepped over before each
+counted; Describe, Flush, CopyDone, CopyFail; and a Query whose verdict the
+judge has cached, allowed and without effects) are stepped over before each
 next_frame() by ``walk_client``: the compiled ``proxy.wire._scan.walk_client``
 when the optional C extension was built, else ``walk_client_noop``, which
 walks nothing and leaves every message to the relay's own dispatch (the
@@ -108,7 +109,7 @@ class FrameScanner:
             self.pos = 0
 
 
-def walk_client_noop(buf, pos: int, stop: bytes, max_size: int, tracker) -> tuple[int, int]:
+def walk_client_noop(buf, pos: int, stop: bytes, max_size: int, tracker, query=None) -> tuple[int, int]:
     """Walk nothing: ``(pos, 0)``.  The fallback of the compiled ``walk_client``: the relay's
     per-message dispatch (ClientConn._relay), which is the reference, then does its work."""
     return pos, 0
@@ -120,7 +121,8 @@ except ImportError:        # built without a C compiler (or an older build): the
     walk_client_c = None
 
 #: What ClientConn._relay runs before each next_frame() (looked up on each _relay call, so tests
-#: can swap it): ``walk_client(buf, pos, stop, max_size, tracker) -> (pos, syncs)``.
+#: can swap it): ``walk_client(buf, pos, stop, max_size, tracker, query) -> (pos, syncs)``; ``query`` is
+#: None or ``proxy.net.gate.query_walk_context``'s tuple (Queries whose verdict is cached).
 walk_client = walk_client_c or walk_client_noop
 WALK_IMPL = "c" if walk_client_c is not None else "python"
 

@@ -237,6 +237,7 @@ def make_conn(tracker, max_size: int = 1 << 20) -> Conn:
     c.live = c.grant_recorded = False
     c.reading_paused = False
     c.up_pid = 0
+    c.query_walk = None
     return c
 
 
