@@ -118,15 +118,16 @@ class PolicyGate:
 
 
 def query_walk_context(gate, scope: str) -> tuple | None:
-    """What the compiled client walk needs to let a Query through on its own (``walk_client``'s
-    ``query``), for a session in ``scope``: or None, and every Query goes to ClientConn._relay's
-    Python branch (the reference).
+    """What the compiled client walk needs to let a Query, or a Parse of the unnamed statement,
+    through on its own (``walk_client``'s ``query``), for a session in ``scope``: or None, and
+    every one goes to ClientConn._relay's Python branch (the reference).
 
     The walk uses it only where that branch would find the verdict in the judge's caches,
     allowed and without effects (an exact repeat in ``Judge._verdicts``; or, the exact text not
     classified, its masked key in the classification cache, literal independent, with a verdict
     in ``Judge._masked_verdicts``), and then does what the branch does: the cache's LRU and
-    ``masked_hits`` for a masked hit, ``metrics.statement``, one sync point, ``tracker.query``.
+    ``masked_hits`` for a masked hit, ``metrics.statement``, then for a Query one sync point and
+    ``tracker.query``, for a Parse ``tracker.parse`` (the unnamed statement has no books to keep).
     So it needs the very objects the branch reads, built for nothing but the shipped gate,
     judge, cache and compiled masked key: anything else (a subclass, a patched masked_key)
     gets None.  The dicts are cleared in place, never replaced, so the tuple stays true for

@@ -84,6 +84,13 @@
  *                   statement count of (allowed, statement_class) + 1;
  *                   tracker.query(text, verdict); one more sync.  Anything
  *                   else stops the walk with nothing changed.
+ *   Parse ('P')     only given query, and only of the unnamed statement (an
+ *                   empty name; a named one goes into the enforcer's and
+ *                   the session's books, in Python): its text up to its NUL,
+ *                   then an int16 count n >= 0 and exactly n uint32 types,
+ *                   as decode_parse reads them; walked as a Query is, but
+ *                   with no sync and tracker.parse("", text, verdict,
+ *                   types) for tracker.query.
  *
  * Without a tracker Bind and Execute are not decoded (as in _relay).  The
  * walk stops before the first message that is not whole in buf (or with
@@ -91,7 +98,7 @@
  * scanner's next_frame raises the error), has a non-zero byte in the
  * 256-byte table stop (the relay puts Bind there while a denied prepared
  * statement exists: Enforcer.check_bind must see each Bind), or has any
- * other type (Query unless walked as above, Parse, Close, FunctionCall,
+ * other type (Query or Parse unless walked as above, Close, FunctionCall,
  * Terminate, PasswordMessage, unknown types: the policy's, or an error, in
  * Python).  Returns the offset
  * after the last message walked and the number of Syncs among them.
@@ -447,7 +454,8 @@ call_tracker(PyObject *name, PyObject *const *args, size_t nargs)
 
 /* Interned names for the Query walk (set by the module init). */
 static PyObject *str_query, *str_allowed, *str_prepares, *str_deallocates, *str_statement_class,
-                *str_literal_independent, *str_move_to_end, *str_masked_hits, *str_t, *str_m, *int_one;
+                *str_literal_independent, *str_move_to_end, *str_masked_hits, *str_t, *str_m, *int_one,
+                *str_parse, *str_empty;
 
 #define QUERY_CONTEXT_SIZE 8
 
@@ -494,14 +502,16 @@ attr_is_empty_tuple(PyObject *obj, PyObject *name)
 }
 
 /*
- * A Query body [start, end): walk it (1) when ClientConn._relay's Python
- * branch would find its verdict in the judge's caches, allowed and without
- * effects, and do what that branch does; else leave it to the branch (0,
- * having changed nothing); -1 with an exception set.  See the header.
+ * The statement text of a Query, or of a Parse of the unnamed statement
+ * (param_types not NULL), its UTF-8 bytes at [start, end): walk the message
+ * (1) when ClientConn._relay's Python branch would find its verdict in the
+ * judge's caches, allowed and without effects, and do what that branch does;
+ * else leave it to the branch (0, having changed nothing); -1 with an
+ * exception set.  See the header.
  */
 static int
-walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *ctx, Py_ssize_t limit,
-           PyObject *tracker)
+walk_statement(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *ctx, Py_ssize_t limit,
+               PyObject *tracker, PyObject *param_types)
 {
     PyObject *scope = PyTuple_GET_ITEM(ctx, 0), *verdicts = PyTuple_GET_ITEM(ctx, 1);
     PyObject *masked_verdicts = PyTuple_GET_ITEM(ctx, 2), *cache = PyTuple_GET_ITEM(ctx, 3);
@@ -509,19 +519,13 @@ walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *c
     PyObject *counts = PyTuple_GET_ITEM(ctx, 6);
     PyObject *text = NULL, *k = NULL, *raw = NULL, *mk = NULL, *mkey = NULL, *found, *verdict = NULL;
     PyObject *allowed = NULL, *cls = NULL, *count_key = NULL, *count, *tmp;
-    const unsigned char *nul;
     int r, walked = 0;
 
-    if (start >= end)
-        return 0;                   /* no terminator: decode_query raises it */
-    nul = memchr(p + start, 0, (size_t) (end - start));
-    if (nul != p + end - 1)
-        return 0;                   /* none, or bytes after it: decode_query raises it */
-    text = PyUnicode_DecodeUTF8((const char *) p + start, end - 1 - start, NULL);
+    text = PyUnicode_DecodeUTF8((const char *) p + start, end - start, NULL);
     if (text == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
             return -1;
-        PyErr_Clear();              /* decode_query raises its ClientProtocolError */
+        PyErr_Clear();              /* decode_query / decode_parse raise their ClientProtocolError */
         return 0;
     }
     if (PyUnicode_GET_LENGTH(text) > limit)
@@ -540,7 +544,7 @@ walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *c
         if ((r = dict_get(cache_data, k, &found)) != 0)
             goto leave_or_error;
         /* The masked key, as masked_key(text) computes it: _maskkey.key of the text's UTF-8. */
-        if ((raw = PyBytes_FromStringAndSize((const char *) p + start, end - 1 - start)) == NULL ||
+        if ((raw = PyBytes_FromStringAndSize((const char *) p + start, end - start)) == NULL ||
             (mk = PyObject_CallOneArg(key_fn, raw)) == NULL)
             goto error;
         if (mk == Py_None)
@@ -604,10 +608,18 @@ walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *c
     Py_DECREF(tmp);
     if (r < 0)
         goto error;
-    /* tracker.query(text, verdict) */
+    /* tracker.query(text, verdict), or tracker.parse("", text, verdict, param_types) */
     if (tracker != NULL) {
-        PyObject *a[3] = {tracker, text, verdict};
-        if ((tmp = PyObject_VectorcallMethod(str_query, a, 3, NULL)) == NULL)
+        PyObject *a[5] = {tracker, text, verdict, NULL, NULL};
+        if (param_types != NULL) {
+            a[1] = str_empty;
+            a[2] = text;
+            a[3] = verdict;
+            a[4] = param_types;
+        }
+        tmp = param_types == NULL ? PyObject_VectorcallMethod(str_query, a, 3, NULL)
+                                  : PyObject_VectorcallMethod(str_parse, a, 5, NULL);
+        if (tmp == NULL)
             goto error;
         Py_DECREF(tmp);
     }
@@ -632,6 +644,55 @@ leave:
 error:
     walked = -1;
     goto leave;
+}
+
+/* A Query body [start, end): its text ends at its only NUL, the body's last byte (decode_query). */
+static int
+walk_query(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *ctx, Py_ssize_t limit,
+           PyObject *tracker)
+{
+    if (start >= end || memchr(p + start, 0, (size_t) (end - start)) != p + end - 1)
+        return 0;                   /* no terminator, or bytes after it: decode_query raises it */
+    return walk_statement(p, start, end - 1, ctx, limit, tracker, NULL);
+}
+
+/* A Parse body [start, end) of the unnamed statement, as decode_parse reads it: an empty name, the
+ * text up to its NUL, an int16 count n >= 0 and exactly n uint32 parameter types. */
+static int
+walk_parse(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, PyObject *ctx, Py_ssize_t limit,
+           PyObject *tracker)
+{
+    const unsigned char *nul;
+    Py_ssize_t pos, i;
+    int16_t count;
+    PyObject *types;
+    int r;
+
+    if (start >= end || p[start] != 0)
+        return 0;                   /* a named statement (or none): Python's */
+    nul = memchr(p + start + 1, 0, (size_t) (end - start - 1));
+    if (nul == NULL)
+        return 0;
+    pos = nul - p + 1;
+    if (end - pos < 2)
+        return 0;
+    count = (int16_t) read_u16(p + pos);
+    pos += 2;
+    if (count < 0 || end - pos != 4 * (Py_ssize_t) count)
+        return 0;
+    if ((types = PyTuple_New(count)) == NULL)
+        return -1;
+    for (i = 0; i < count; i++) {
+        PyObject *t = PyLong_FromUnsignedLong((unsigned long) (uint32_t) read_i32(p + pos + 4 * i));
+        if (t == NULL) {
+            Py_DECREF(types);
+            return -1;
+        }
+        PyTuple_SET_ITEM(types, i, t);
+    }
+    r = walk_statement(p, start + 1, nul - p, ctx, limit, tracker, types);
+    Py_DECREF(types);
+    return r;
 }
 
 static PyObject *
@@ -754,7 +815,19 @@ scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             }
             break;
-        default:                    /* Parse, Close, FunctionCall, Terminate, ...: Python's */
+        case 'P':                   /* Parse of the unnamed statement: likewise (no sync point) */
+            if (query == NULL)
+                goto done;
+            switch (walk_parse(p, start, end, query, limit, tracker)) {
+            case 1:
+                break;
+            case 0:
+                goto done;
+            default:
+                goto error;
+            }
+            break;
+        default:                    /* a named Parse, Close, FunctionCall, Terminate, ...: Python's */
             goto done;
         }
         pos = end;
@@ -979,7 +1052,9 @@ PyInit__scan(void)
             (str_masked_hits = PyUnicode_InternFromString("masked_hits")) == NULL ||
             (str_t = PyUnicode_InternFromString("t")) == NULL ||
             (str_m = PyUnicode_InternFromString("m")) == NULL ||
-            (int_one = PyLong_FromLong(1)) == NULL) {
+            (int_one = PyLong_FromLong(1)) == NULL ||
+            (str_parse = PyUnicode_InternFromString("parse")) == NULL ||
+            (str_empty = PyUnicode_New(0, 0)) == NULL) {
             Py_CLEAR(str_bind);
             Py_CLEAR(str_execute);
             Py_CLEAR(str_sync);
@@ -999,6 +1074,8 @@ PyInit__scan(void)
             Py_CLEAR(str_masked_hits);
             Py_CLEAR(str_t);
             Py_CLEAR(str_m);
+            Py_CLEAR(int_one);
+            Py_CLEAR(str_parse);
             return NULL;
         }
     }

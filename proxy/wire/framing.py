@@ -14,8 +14,9 @@ Rules:
 
 Speed: in the relay, the client messages that need no policy decision
 (Bind, Execute, Sync, CopyData: told to the statement tracker, Syncs
-counted; Describe, Flush, CopyDone, CopyFail; and a Query whose verdict the
-judge has cached, allowed and without effects) are stepped over before each
+counted; Describe, Flush, CopyDone, CopyFail; and a Query, or a Parse of the
+unnamed statement, whose verdict the judge has cached, allowed and without
+effects) are stepped over before each
 next_frame() by ``walk_client``: the compiled ``proxy.wire._scan.walk_client``
 when the optional C extension was built, else ``walk_client_noop``, which
 walks nothing and leaves every message to the relay's own dispatch (the
@@ -122,7 +123,7 @@ except ImportError:        # built without a C compiler (or an older build): the
 
 #: What ClientConn._relay runs before each next_frame() (looked up on each _relay call, so tests
 #: can swap it): ``walk_client(buf, pos, stop, max_size, tracker, query) -> (pos, syncs)``; ``query`` is
-#: None or ``proxy.net.gate.query_walk_context``'s tuple (Queries whose verdict is cached).
+#: None or ``proxy.net.gate.query_walk_context``'s tuple (Query and unnamed Parse, verdict cached).
 walk_client = walk_client_c or walk_client_noop
 WALK_IMPL = "c" if walk_client_c is not None else "python"
 

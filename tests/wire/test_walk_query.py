@@ -1,7 +1,8 @@
-"""walk_client's Query walk: a Query whose verdict the judge has cached, let through in C.
+"""walk_client's statement walk: a Query, or a Parse of the unnamed statement, whose verdict the
+judge has cached, let through in C.
 
 What the relay relies on: with ``query`` (``gate.query_walk_context``) the
-compiled walk lets a Query through only where ClientConn._relay's Python
+compiled walk lets a Query or an unnamed Parse through only where ClientConn._relay's Python
 branch would find the verdict in the judge's caches, allowed and without
 effects, and it then does what that branch does.  So a session is the same
 with the walk as with ``walk_client_noop`` (everything in Python, the
@@ -14,6 +15,7 @@ PolicyGate and Judge twice per example, in both scopes that matter.
 
 from __future__ import annotations
 
+import struct
 import types
 
 import pytest
@@ -52,18 +54,40 @@ QUERY_TEXTS = st.one_of(
         lambda s: f"SELECT '{s}'"),
 )
 query_message = QUERY_TEXTS.map(lambda t: msg(b"Q", cstr(t)))
+PARAM_TYPES = st.lists(st.sampled_from([0, 23, 25, 2**32 - 1]), max_size=3)
+
+
+def parse(name: str, text: str, types=()) -> bytes:
+    return msg(b"P", cstr(name) + cstr(text) + struct.pack(f"!h{len(types)}I", len(types), *types))
+
+
+parse_message = st.tuples(st.sampled_from(["", "", "", "s1"]), QUERY_TEXTS, PARAM_TYPES).map(lambda x: parse(*x))
+# pgbench -M extended's transaction, and others like it: Parse (unnamed), Bind, Describe, Execute, Sync.
+extended_tx = st.tuples(QUERY_TEXTS, PARAM_TYPES).map(
+    lambda x: parse("", *x) + msg(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x0212\x00\x00")
+    + msg(b"D", b"P\x00") + msg(b"E", b"\x00\x00\x00\x00\x00") + msg(b"S"))
 odd_query = st.one_of(
     st.integers(0, 30).map(lambda n: msg(b"Q", (SELECT % n).encode())),               # no terminator
     st.integers(0, 30).map(lambda n: msg(b"Q", cstr(SELECT % n) + b"x\x00")),          # bytes after it
     st.integers(0, 30).map(lambda n: msg(b"Q", (SELECT % n).encode() + b"\xff\x00")),  # not UTF-8
     st.just(msg(b"Q", b"SELECT '\xed\xa0\x80'\x00")),                                  # a surrogate
     st.just(msg(b"Q")),
+    st.integers(0, 30).map(lambda n: msg(b"P", b"\x00" + (SELECT % n).encode())),        # Parse: no terminator
+    st.integers(0, 30).map(lambda n: msg(b"P", b"\x00" + cstr(SELECT % n))),             # no type count
+    st.integers(0, 30).map(lambda n: msg(b"P", b"\x00" + cstr(SELECT % n) + b"\x00\x01")),  # count 1, no type
+    st.integers(0, 30).map(lambda n: msg(b"P", b"\x00" + cstr(SELECT % n) + b"\xff\xff")),  # count -1
+    st.integers(0, 30).map(lambda n: msg(b"P", b"\x00" + (SELECT % n).encode() + b"\xff\x00\x00\x00")),
+    st.just(msg(b"P")),
+    # named, the name ending in a cached text and no query after it: read from one byte on, it
+    # would pass for an unnamed Parse of that text with no types (decode_parse: truncated)
+    st.integers(0, 30).map(lambda n: msg(b"P", b"x" + cstr(SELECT % n) + b"\x00\x00")),
 )
 
 
 @st.composite
 def query_session(draw):
-    msgs = draw(st.lists(st.one_of(query_message, query_message, query_message, client_message), max_size=40))
+    msgs = draw(st.lists(st.one_of(query_message, query_message, query_message, parse_message, extended_tx,
+                                   extended_tx, client_message), max_size=40))
     if draw(st.booleans()):
         msgs.insert(draw(st.integers(0, len(msgs))), draw(odd_query))
     data = b"".join(msgs)
@@ -111,9 +135,9 @@ def run_query_session(walk, chunks, kind: str, scope: str, text_limit: int | Non
         framing.walk_client = saved
 
 
-def walked_queries(chunks, scope: str, text_limit: int | None = None) -> int:
-    """How many Query messages the compiled walk let through itself (the tracker's query calls
-    made from C: counted by swapping the Python branch's call out)."""
+def walked_queries(chunks, scope: str, text_limit: int | None = None, what: str = "query") -> int:
+    """How many Query (or Parse) messages the compiled walk let through itself: the tracker's
+    query (parse) calls less the judge's calls from the Python branch."""
     tracker = RecordingTracker()
     c = make_query_conn(tracker, scope, text_limit)
     calls = []
@@ -130,7 +154,7 @@ def walked_queries(chunks, scope: str, text_limit: int | None = None) -> int:
             c.data_received(chunk)
     finally:
         framing.walk_client = saved
-    return sum(1 for call in tracker.calls if call[0] == "query") - len(calls)
+    return sum(1 for call in tracker.calls if call[0] == what) - len(calls)
 
 
 TRACKERS = ["none", "recording", "real", "real-py"]
@@ -143,6 +167,10 @@ PGBENCH_SIMPLE = [msg(b"Q", cstr(SELECT % n)) for n in (1, 2, 3, 2)]
 @example(([b"".join(PGBENCH_SIMPLE)], "read", None))
 @example(([b"".join(msg(b"Q", cstr(t)) for t in FIXED * 2)], "read", None))
 @example(([b"".join(msg(b"Q", cstr(t)) for t in FIXED * 2)], "write", 20))
+@example(([b"".join(msg(b"Q", cstr(SELECT % n)) for n in (1, 2, 10, 11))], "read", 52))   # one key, two lengths
+@example(([b"".join(parse("", SELECT % n, (2**32 - 1, 23)) + msg(b"S") for n in (1, 2, 3))], "read", None))
+@example(([msg(b"Q", cstr(SELECT % 1)), msg(b"Q", cstr(SELECT % 2)), msg(b"P", b"x" + cstr(SELECT % 3) + b"\x00\x00")],
+          "read", None))
 def test_the_query_walk_changes_nothing_observable(kind, case):
     chunks, scope, text_limit = case
     got = run_query_session(walk_client_c, chunks, kind, scope, text_limit)
@@ -155,6 +183,15 @@ def test_a_repeated_statement_with_other_literals_is_walked():
     branch (the first is classified there, which fills the caches)."""
     assert walked_queries([b"".join(PGBENCH_SIMPLE)], "read") == 3
     assert walked_queries([b"".join(PGBENCH_SIMPLE)], "read", text_limit=20) == 0      # too long to cache
+
+
+def test_an_unnamed_parse_with_other_literals_is_walked():
+    """pgbench -M extended: Parse of the unnamed statement, then Bind/Describe/Execute/Sync, all
+    in C after the first; a named Parse stays in Python (its name goes into the enforcer's and
+    the session's books)."""
+    txs = [parse("", SELECT % n, (23,)) + msg(b"S") for n in (1, 2, 3, 4)]
+    assert walked_queries(txs, "read", what="parse") == 3
+    assert walked_queries([parse("s1", SELECT % n) for n in (1, 2, 3)], "read", what="parse") == 0
 
 
 def test_literal_dependent_and_denied_statements_stay_in_python():
@@ -255,7 +292,7 @@ def test_a_tracker_that_raises_propagates():
         _scan.walk_client(bytearray(msg(b"Q", cstr(SELECT % 2))), 0, NO_STOP, 1 << 20, Boom(), c.query_walk)
 
 
-def test_no_leak_per_walked_query():
+def test_no_leak_per_walked_statement():
     c = make_query_conn(None, "read", None)
     c.data_received(msg(b"Q", cstr(SELECT % 1)) + PGBENCH_TX)
     ctx = c.query_walk
@@ -263,8 +300,10 @@ def test_no_leak_per_walked_query():
     exact = bytearray(msg(b"Q", cstr("BEGIN;")))
     c.data_received(msg(b"Q", cstr("BEGIN;")))
     tracker = RecordingTracker()
+    extended = bytearray(parse("", SELECT % 9, (23, 25)) + msg(b"S"))
 
     def once():
+        assert _scan.walk_client(extended, 0, NO_STOP, 1 << 20, tracker, ctx) == (len(extended), 1)
         assert _scan.walk_client(masked, 0, NO_STOP, 1 << 20, None, ctx) == (len(masked), 1)
         assert _scan.walk_client(exact, 0, NO_STOP, 1 << 20, None, ctx) == (len(exact), 1)
         assert _scan.walk_client(bytearray(msg(b"Q", cstr("DROP TABLE t"))), 0, NO_STOP, 1 << 20, None, ctx) == (0, 0)
