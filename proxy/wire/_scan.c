@@ -802,31 +802,21 @@ scan_walk_client(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     goto error;
             }
             break;
-        case 'Q':                   /* Query: walked when its verdict is cached, allowed, effect-free */
+        case 'Q':                   /* Query, Parse of the unnamed statement: walked when the verdict */
+        case 'P': {                 /* is cached, allowed and effect-free */
+            int rc;
             if (query == NULL)
                 goto done;
-            switch (walk_query(p, start, end, query, limit, tracker)) {
-            case 1:
-                syncs++;
-                break;
-            case 0:
-                goto done;
-            default:
+            rc = type == 'Q' ? walk_query(p, start, end, query, limit, tracker)
+                             : walk_parse(p, start, end, query, limit, tracker);
+            if (rc < 0)
                 goto error;
-            }
-            break;
-        case 'P':                   /* Parse of the unnamed statement: likewise (no sync point) */
-            if (query == NULL)
+            if (rc == 0)
                 goto done;
-            switch (walk_parse(p, start, end, query, limit, tracker)) {
-            case 1:
-                break;
-            case 0:
-                goto done;
-            default:
-                goto error;
-            }
+            if (type == 'Q')
+                syncs++;            /* a Query earns a ReadyForQuery; a Parse does not */
             break;
+        }
         default:                    /* a named Parse, Close, FunctionCall, Terminate, ...: Python's */
             goto done;
         }
@@ -1076,6 +1066,7 @@ PyInit__scan(void)
             Py_CLEAR(str_m);
             Py_CLEAR(int_one);
             Py_CLEAR(str_parse);
+            Py_CLEAR(str_empty);
             return NULL;
         }
     }
