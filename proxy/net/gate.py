@@ -116,7 +116,6 @@ class PolicyGate:
         self._results.pop((scope, text), None)
 
 
-
 def query_walk_context(gate, scope: str) -> tuple | None:
     """What the compiled client walk needs to let a Query, or a Parse of the unnamed statement,
     through on its own (``walk_client``'s ``query``), for a session in ``scope``: or None, and
@@ -130,8 +129,8 @@ def query_walk_context(gate, scope: str) -> tuple | None:
     ``tracker.query``, for a Parse ``tracker.parse`` (the unnamed statement has no books to keep).
     So it needs the very objects the branch reads, built for nothing but the shipped gate,
     judge, cache and compiled masked key: anything else (a subclass, a patched masked_key)
-    gets None.  The dicts are cleared in place, never replaced, so the tuple stays true for
-    the session's life.
+    gets None.  The dicts are cleared in place, never replaced, and the server's gate and judge
+    are made once and never swapped, so the tuple stays true for the session's life.
     """
     judge = getattr(gate, "judge_fn", None)
     if (walk_client_c is None or _masked.masked_key_c is None or _cache.masked_key is not _masked.masked_key_c
