@@ -448,9 +448,10 @@ class ClientConn(asyncio.Protocol):
             # query_walk, a Query or unnamed Parse whose verdict the judge has cached, allowed and
             # effect-free (see gate.query_walk_context), doing for each what the branches below
             # would, and stops before anything else (or malformed, or not whole), which they then
-            # take. The walked bytes stay in the forwarded range. If a tracker method raises, it propagates with scanner.pos and sync_points not advanced for
-            # that walk's messages (the branches would have advanced both); nothing is forwarded
-            # either way, and data_received fails the session.
+            # take. The walked bytes stay in the forwarded range. If a tracker method raises, it
+            # propagates with scanner.pos and sync_points not advanced for that walk's messages
+            # (the branches would have advanced both); nothing is forwarded either way, and
+            # data_received fails the session.
             pos, syncs = walk(buf, scanner.pos, _WALK_STOP_BIND if enforcer.denied_statements else _WALK_STOP,
                               max_size, tracker, query_walk)
             scanner.pos = pos
