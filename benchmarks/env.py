@@ -420,6 +420,7 @@ pidfile = {d}/pgbouncer.pid
         for label, module, attr in (("header scanner", "proxy.wire.server_stream", "SCANNER_IMPL"),
                                     ("bind decoder", "proxy.wire.decode", "BIND_IMPL"),
                                     ("client walk", "proxy.wire.framing", "WALK_IMPL"),
+                                    ("statement walk", "proxy.net.gate", "STATEMENT_WALK_IMPL"),
                                     ("watched delivery", "proxy.wire.server_stream", "DELIVER_IMPL"),
                                     ("masked key", "policy.sql.masked", "KEY_IMPL"),
                                     ("statement tracker", "proxy.session.track", "TRACKER_IMPL"),

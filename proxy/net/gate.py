@@ -116,6 +116,12 @@ class PolicyGate:
         self._results.pop((scope, text), None)
 
 
+def _statement_walk_built() -> bool:
+    """The compiled client walk, and the compiled masked key the classification cache uses."""
+    return (walk_client_c is not None and _masked.masked_key_c is not None
+            and _cache.masked_key is _masked.masked_key_c)
+
+
 def query_walk_context(gate, scope: str) -> tuple | None:
     """What the compiled client walk needs to let a Query, or a Parse of the unnamed statement,
     through on its own (``walk_client``'s ``query``), for a session in ``scope``: or None, and
@@ -133,10 +139,14 @@ def query_walk_context(gate, scope: str) -> tuple | None:
     are made once and never swapped, so the tuple stays true for the session's life.
     """
     judge = getattr(gate, "judge_fn", None)
-    if (walk_client_c is None or _masked.masked_key_c is None or _cache.masked_key is not _masked.masked_key_c
-            or type(gate) is not PolicyGate or type(judge) is not Judge
+    if (not _statement_walk_built() or type(gate) is not PolicyGate or type(judge) is not Judge
             or type(judge.cache) is not _cache.ClassificationCache or type(scope) is not str):
         return None
     from policy.sql import _maskkey
     return (scope, judge._verdicts, judge._masked_verdicts, judge.cache, judge.cache._data, _maskkey.key,
             metrics._statement_counts, min(INLINE_LIMIT, judge.cache.max_text_length))
+
+
+#: Whether sessions get the compiled statement walk ("c") or every Query and Parse goes to the
+#: relay's Python branch ("python").
+STATEMENT_WALK_IMPL = "c" if _statement_walk_built() else "python"

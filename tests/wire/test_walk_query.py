@@ -252,6 +252,7 @@ def test_what_the_caches_never_hold_is_still_never_walked():
 def test_the_wiring_uses_the_walk_when_built():
     """The shipped gate gets a context (so a compiled build does walk Queries); anything that is not
     the shipped gate, judge and cache, or a scope that is not a str, gets None."""
+    assert gate_mod.STATEMENT_WALK_IMPL == "c"
     judge = Judge()
     gate = PolicyGate(None, judge)
     ctx = query_walk_context(gate, "read")
