@@ -296,3 +296,34 @@ def test_nothing_runs_when_the_recording_cannot_start(start_proxy, admin):
     assert err is not None and "recording could not be written" in err["M"], data
     assert b"CREATE TABLE" not in data
     assert admin("SELECT to_regclass(%s)", (table,))[0][0] is None, "the statement ran unrecorded"
+
+
+def test_statements_let_through_by_the_compiled_walk_are_recorded(proxy, table, admin):
+    """Repeated statements with other literals (psycopg's ClientCursor: simple Query; the
+    extended protocol with the unnamed statement) are let through by the compiled client walk
+    once the judge holds their verdict: each still gets its record, with its own text (or
+    parameters), tag, rows and route, and a denial in between is still a denial."""
+    admin(f"INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 30) g")
+    admin(f"GRANT SELECT ON {table} TO PUBLIC")
+    grant = f"g-walk-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(proxy.dsn("read", token=proxy.token("read", jti=grant)), autocommit=True,
+                         prepare_threshold=None) as conn:
+        with psycopg.ClientCursor(conn) as cur:
+            for i in range(1, 21):
+                cur.execute(f"SELECT v FROM {table} WHERE id = %s", (i,))
+                assert cur.fetchone() == (f"v{i}",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"UPDATE {table} SET v = 'x' WHERE id = 1")
+        for i in range(1, 21):
+            assert conn.execute(f"SELECT v FROM {table} WHERE id = %s", (i,)).fetchone() == (f"v{i}",)
+    path = recording_of(proxy, grant)
+    stmts = [r for r in records(path, "statement") if not r.get("introspection")]
+    simple, denied, extended = stmts[:20], stmts[20], stmts[21:]
+    assert [(r["text"], r["via"], r["tag"], r["rows"], r["decision"]) for r in simple] == [
+        (f"SELECT v FROM {table} WHERE id = {i}", "query", "SELECT 1", 1, "allowed") for i in range(1, 21)]
+    assert (denied["decision"], denied["class"], denied["via"]) == ("denied", "write", "query"), denied
+    assert [(r["text"], r["params"], r["via"], r["tag"], r["rows"]) for r in extended] == [
+        (f"SELECT v FROM {table} WHERE id = $1", [str(i)], "execute", "SELECT 1", 1) for i in range(1, 21)]
+    assert records(path)[-1]["totals"]["statements"] == len(records(path, "statement"))
+    ok = pgwarden("audit", "verify", "-c", str(proxy.config_path), str(path))
+    assert ok.stdout.startswith("ok"), ok
