@@ -1280,12 +1280,24 @@ tracker_data_row(TrackerObject *t, GroupObject *group, PyObject *body)
     if (n < 0)
         goto done_sample;
     if (n < t->capture_rows) {
-        if (need_helper(data_row_py) < 0)
+        /* st.sample.append is looked up before _data_row(body) runs, as Python evaluates it: a
+         * sample that is not a list fails there, before a malformed row could. */
+        PyObject *meth = NULL;
+
+        if (!PyList_CheckExact(sample) && (meth = PyObject_GetAttr(sample, s_append)) == NULL)
             goto done_sample;
-        row = PyObject_CallOneArg(data_row_py, body);
-        if (row == NULL)
+        if (need_helper(data_row_py) < 0 || (row = PyObject_CallOneArg(data_row_py, body)) == NULL) {
+            Py_XDECREF(meth);
             goto done_sample;
-        rc = append(sample, row);
+        }
+        if (meth == NULL)
+            rc = PyList_Append(sample, row);
+        else {
+            PyObject *r = PyObject_CallOneArg(meth, row);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+            Py_DECREF(meth);
+        }
         Py_DECREF(row);
         if (rc < 0)
             goto done_sample;

@@ -327,6 +327,9 @@ PGBENCH = [("parse", "P0_1", "SELECT abalance FROM pgbench_accounts WHERE aid = 
 @example(PGBENCH * 3, {"capture_params": True, "capture_rows": 0, "watch": False, "copy_out": True}, {})
 @example([("query", "x", 1), ("server", D, data_row(b"1")), ("server", D, data_row(b"2")), ("server", C, b"SELECT 2"),
           ("server", Z, b"I")], {"capture_params": True, "capture_rows": 1, "watch": True, "copy_out": True}, {})
+# found by CI (stop 14's run): a sample that is not a list fails at its .append, before a malformed row
+@example([("query", "SELECT 1", 0), ("poke", "sample", "x"), ("server", D, b"")],
+         {"capture_params": False, "capture_rows": 3, "watch": False, "copy_out": False}, {})
 def test_differential(ops, config, fault_plan):
     assert_same(ops, faults=fault_plan, **config)
 
