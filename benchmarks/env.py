@@ -425,7 +425,9 @@ pidfile = {d}/pgbouncer.pid
                                     ("masked key", "policy.sql.masked", "KEY_IMPL"),
                                     ("statement tracker", "proxy.session.track", "TRACKER_IMPL"),
                                     ("record line", "proxy.audit.record", "LINE_IMPL"),
-                                    ("statement sink", "proxy.audit.writer", "SINK_IMPL")):
+                                    ("record digest", "proxy.audit.record", "DIGEST_IMPL"),
+                                    ("statement sink", "proxy.audit.writer", "SINK_IMPL"),
+                                    ("held records' release", "proxy.audit.writer", "RELEASE_IMPL")):
             try:
                 out[label] = getattr(importlib.import_module(module), attr)
             except Exception:  # noqa: BLE001

@@ -13,8 +13,13 @@
  * duration_ms, via} plus params, tag, rows, sqlstate, message when not None
  * and introspection: true when true).  line is canonical(fields) + "\n"
  * (orjson, OPT_SORT_KEYS) byte for byte; digest is hashlib.sha256(line
- * without its newline).hexdigest(), computed by Python's hashlib (OpenSSL),
- * never here.  The chain itself is not touched: the caller advances it.
+ * without its newline).hexdigest(), computed by OpenSSL, never here: by
+ * the libcrypto Python's hashlib is linked with, called directly
+ * (SHA256_Init/Update/Final, found with dlsym in the already loaded
+ * library at import: DIGEST_IMPL "libcrypto"), which skips hashlib's
+ * per-call EVP fetch and context copies (0.8 to 0.2 us a line); or, when
+ * those are not found, through hashlib itself (DIGEST_IMPL "hashlib").
+ * The chain itself is not touched: the caller advances it.
  *
  * It returns None, with no exception set, whenever it cannot vouch for the
  * bytes, and the caller then takes the Python path:
@@ -85,8 +90,11 @@
  *    1 when sqlstate is not None (Python's in-place add, by attribute).
  * 5. _emit: when rec.failed is False, rec._fd still an open-looking int,
  *    rec._fsync still not "statement" and the chain still not sealed (all
- *    read again: Python code ran since step 1), Chain.advance (seq += 1,
- *    prev = digest) and _append: write(2) of the whole line, a short write
+ *    read again: Python code ran since step 1) and rec._held None or an
+ *    exact list (read before the advance; the reference reads it after,
+ *    with no Python code in between), Chain.advance (seq += 1, prev =
+ *    digest) and _append: held, the line appended to the list; else
+ *    write(2) of the whole line, a short write
  *    continued with the rest, a write that took 0 bytes an
  *    OSError(EIO, "the recording's file took no bytes"), EINTR retried
  *    after PyErr_CheckSignals() as os.write does; any Exception there (the
@@ -115,18 +123,68 @@
 #include <errno.h>
 #include <limits.h>
 #include <unistd.h>
+#include <dlfcn.h>
 
 #define MAX_EPOCH 253402300800LL          /* 10000-01-01T00:00:00Z: iso_ts's %04d year stops before */
 #define STACK_BYTES 4096                  /* most statement lines fit: no heap buffer */
 #define FIXED_BYTES 512                   /* keys, punctuation, numbers, timestamps: ~330 at most */
 
+static const char hex[] = "0123456789abcdef";
 static PyObject *sha256 = NULL;           /* hashlib.sha256 */
 static PyObject *str_hexdigest = NULL;    /* "hexdigest" */
+
+/* libcrypto's SHA-256, from the copy of the library hashlib loaded (see the top comment).  The
+ * context is opaque here: SHA256_CTX is 112 bytes in OpenSSL 1.1 and 3.x, given room to spare. */
+typedef struct { _Alignas(16) unsigned char opaque[256]; } Sha256Ctx;
+static int (*sha256_init)(Sha256Ctx *) = NULL;
+static int (*sha256_update)(Sha256Ctx *, const void *, size_t) = NULL;
+static int (*sha256_final)(unsigned char *, Sha256Ctx *) = NULL;
+static int use_libcrypto = 0;
+
+static void
+find_libcrypto(void)
+{
+    static const char *const names[] = {"libcrypto.so.3", "libcrypto.so.1.1", NULL};
+
+    for (int i = 0; names[i] != NULL && !use_libcrypto; i++) {
+        void *lib = dlopen(names[i], RTLD_LAZY | RTLD_NOLOAD);   /* only the one already in this process */
+
+        if (lib == NULL)
+            continue;
+        *(void **) &sha256_init = dlsym(lib, "SHA256_Init");
+        *(void **) &sha256_update = dlsym(lib, "SHA256_Update");
+        *(void **) &sha256_final = dlsym(lib, "SHA256_Final");
+        use_libcrypto = sha256_init != NULL && sha256_update != NULL && sha256_final != NULL;
+    }
+}
+
+/* hashlib.sha256(data[:n]).hexdigest() through libcrypto: a new str, or NULL with an exception set. */
+static PyObject *
+hex_sha256(const char *data, Py_ssize_t n)
+{
+    Sha256Ctx ctx;
+    unsigned char md[32];
+    PyObject *out;
+    Py_UCS1 *q;
+
+    if (sha256_init(&ctx) != 1 || sha256_update(&ctx, data, (size_t) n) != 1 || sha256_final(md, &ctx) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto SHA-256 failed");
+        return NULL;
+    }
+    out = PyUnicode_New(64, 127);
+    if (out == NULL)
+        return NULL;
+    q = PyUnicode_1BYTE_DATA(out);
+    for (int i = 0; i < 32; i++) {
+        q[2 * i] = (Py_UCS1) hex[md[i] >> 4];
+        q[2 * i + 1] = (Py_UCS1) hex[md[i] & 15];
+    }
+    return out;
+}
 
 /* How orjson escapes a byte inside a JSON string: 0 raw, 'u' as \u00xx
  * (lowercase hex), anything else as backslash + that character. */
 static char escape[256];
-static const char hex[] = "0123456789abcdef";
 
 static void
 init_escape(void)
@@ -473,16 +531,23 @@ build_line(PyObject *const *args)
     line = PyBytes_FromStringAndSize(buf, n);
     if (line == NULL)
         goto refuse;
-    /* The digest covers the line without its newline: a view on the bytes just made. */
-    view = PyMemoryView_FromMemory(PyBytes_AS_STRING(line), n - 1, PyBUF_READ);
-    if (view == NULL)
-        goto refuse;
-    hash = PyObject_CallOneArg(sha256, view);
-    if (hash == NULL)
-        goto refuse;
-    digest = PyObject_CallMethodNoArgs(hash, str_hexdigest);
-    if (digest == NULL || !PyUnicode_CheckExact(digest))
-        goto refuse;
+    /* The digest covers the line without its newline. */
+    if (use_libcrypto) {
+        digest = hex_sha256(PyBytes_AS_STRING(line), n - 1);
+        if (digest == NULL)
+            goto refuse;
+    }
+    else {
+        view = PyMemoryView_FromMemory(PyBytes_AS_STRING(line), n - 1, PyBUF_READ);
+        if (view == NULL)
+            goto refuse;
+        hash = PyObject_CallOneArg(sha256, view);
+        if (hash == NULL)
+            goto refuse;
+        digest = PyObject_CallMethodNoArgs(hash, str_hexdigest);
+        if (digest == NULL || !PyUnicode_CheckExact(digest))
+            goto refuse;
+    }
     result = PyTuple_Pack(2, line, digest);
     if (result == NULL)
         goto refuse;
@@ -522,7 +587,7 @@ enum {
     N_TEXT, N_PARAMS, N_TAG, N_ROWS, N_SQLSTATE, N_MESSAGE, N_VIA, N_FAILED, N_CHAIN, N_SEQ, N_PREV, N_SEALED,
     N_FD, N_FSYNC, N_CAPTURE_PARAMS, N_CLOCK, N_N_ROWS, N_N_INTROSPECTION, N_N_STATEMENTS, N_N_DENIED,
     N_N_ERRORS, N_RECORD, N_EMIT, N_FAIL, N_LINE_IMPL, N_STATEMENT_LINE_C, N_ROWS_FROM_TAG,
-    N_IS_INTROSPECTION, V_ALLOWED, V_DENIED, V_STATEMENT, V_C, N_NAMES
+    N_IS_INTROSPECTION, N_HELD, N_RELEASE, V_ALLOWED, V_DENIED, V_STATEMENT, V_C, N_NAMES
 };
 
 static const char *const name_text[N_NAMES] = {
@@ -530,7 +595,7 @@ static const char *const name_text[N_NAMES] = {
     "text", "params", "tag", "rows", "sqlstate", "message", "via", "failed", "_chain", "seq", "prev", "sealed",
     "_fd", "_fsync", "_capture_params", "_clock", "_n_rows", "_n_introspection", "_n_statements", "_n_denied",
     "_n_errors", "_record", "_emit", "_fail", "LINE_IMPL", "statement_line_c", "rows_from_tag",
-    "is_introspection", "allowed", "denied", "statement", "c",
+    "is_introspection", "_held", "release", "allowed", "denied", "statement", "c",
 };
 
 static PyObject *name[N_NAMES];           /* interned */
@@ -672,7 +737,8 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *verdict = NULL, *cls = NULL, *rule = NULL, *ended = NULL, *started = NULL, *text = NULL,
              *params = NULL, *tag = NULL, *rows = NULL, *sqlstate = NULL, *message = NULL, *via = NULL,
              *chain = NULL, *clock = NULL, *o = NULL, *now = NULL, *dur = NULL, *duration_ms = NULL,
-             *intro = NULL, *func = NULL, *seq1 = NULL, *prev = NULL, *built = NULL, *result = NULL;
+             *intro = NULL, *func = NULL, *seq1 = NULL, *prev = NULL, *built = NULL, *result = NULL,
+             *held = NULL;
     PyObject *line, *digest, *decision, *used_params;
     long long v;
     int denied, capture, fd, is_intro;
@@ -842,17 +908,19 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             fd = (int) v;
         Py_CLEAR(o);
         o = peek(rec, N_FSYNC);
+        held = peek(rec, N_HELD);
         if (fd >= 0 && o != NULL && PyUnicode_CheckExact(o) && !is_word(o, V_STATEMENT)
-            && attr_is(chain, N_SEALED, Py_False)) {
+            && held != NULL && (held == Py_None || PyList_CheckExact(held)) && attr_is(chain, N_SEALED, Py_False)) {
             Py_CLEAR(o);
             line = PyTuple_GET_ITEM(built, 0);
             digest = PyTuple_GET_ITEM(built, 1);
-            /* Chain.advance: seq += 1, prev = digest; then _append. */
+            /* Chain.advance: seq += 1, prev = digest; then _append: kept while held, else written. */
             o = PyObject_GetAttr(chain, name[N_SEQ]);
             if (o != NULL)
                 Py_SETREF(o, PyNumber_Add(o, int_one));
             if (o == NULL || PyObject_SetAttr(chain, name[N_SEQ], o) < 0
-                || PyObject_SetAttr(chain, name[N_PREV], digest) < 0 || append(fd, line) < 0) {
+                || PyObject_SetAttr(chain, name[N_PREV], digest) < 0
+                || (held == Py_None ? append(fd, line) : PyList_Append(held, line)) < 0) {
                 PyObject *exc = caught();
 
                 if (exc == NULL)
@@ -910,7 +978,104 @@ done:
     Py_XDECREF(seq1);
     Py_XDECREF(prev);
     Py_XDECREF(built);
+    Py_XDECREF(held);
     return result;
+}
+
+/* SessionRecorder.release() (the relay's, after each chunk it walked) in one C call when it is the
+ * ordinary case: rec._held an exact list of exact bytes, rec.failed exactly False, rec._fd an int in
+ * 0..INT_MAX, rec._fsync an exact str other than "statement".  Then, as the reference: rec._held =
+ * None, and the lines (none: nothing; one: itself; more: joined) written as _write writes them, a
+ * failure handed to rec._fail and False returned.  rec._held None and rec.failed exactly True or
+ * False: nothing to write, rec._held set to None again, not failed returned.  Anything else:
+ * rec.release(), the reference. */
+static PyObject *
+release(PyObject *module, PyObject *rec)
+{
+    PyObject *held, *o = NULL, *data = NULL, *result = NULL, *empty;
+    Py_ssize_t i, n;
+    long long v;
+    int failed, fd;
+
+    held = peek(rec, N_HELD);
+    o = peek(rec, N_FAILED);
+    if (held == NULL || o == NULL || (o != Py_True && o != Py_False))
+        goto reference;
+    failed = o == Py_True;
+    Py_CLEAR(o);
+    if (held == Py_None) {
+        if (PyObject_SetAttr(rec, name[N_HELD], Py_None) < 0)
+            goto done;
+        result = Py_NewRef(failed ? Py_False : Py_True);
+        goto done;
+    }
+    if (!PyList_CheckExact(held) || failed)
+        goto reference;
+    n = PyList_GET_SIZE(held);
+    for (i = 0; i < n; i++)
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(held, i)))
+            goto reference;
+    o = peek(rec, N_FD);
+    if (o == NULL || !int64(o, &v) || v < 0 || v > INT_MAX)
+        goto reference;
+    fd = (int) v;
+    Py_CLEAR(o);
+    o = peek(rec, N_FSYNC);
+    if (o == NULL || !PyUnicode_CheckExact(o) || is_word(o, V_STATEMENT))
+        goto reference;
+    Py_CLEAR(o);
+    if (PyObject_SetAttr(rec, name[N_HELD], Py_None) < 0)
+        goto done;
+    if (n == 0) {
+        result = Py_NewRef(Py_True);
+        goto done;
+    }
+    if (n == 1)
+        data = Py_NewRef(PyList_GET_ITEM(held, 0));
+    else {
+        empty = PyBytes_FromStringAndSize(NULL, 0);
+        if (empty == NULL)
+            goto done;
+        data = _PyBytes_Join(empty, held);
+        Py_DECREF(empty);
+        if (data == NULL)
+            goto done;
+    }
+    if (append(fd, data) < 0) {
+        PyObject *exc = caught();
+
+        if (exc == NULL)
+            goto done;
+        o = PyObject_CallMethodOneArg(rec, name[N_FAIL], exc);
+        Py_DECREF(exc);
+        if (o == NULL)
+            goto done;
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    result = Py_NewRef(Py_True);
+    goto done;
+reference:
+    PyErr_Clear();
+    result = PyObject_CallMethodNoArgs(rec, name[N_RELEASE]);
+done:
+    Py_XDECREF(held);
+    Py_XDECREF(o);
+    Py_XDECREF(data);
+    return result;
+}
+
+static PyObject *
+digest_by_hashlib(PyObject *module, PyObject *flag)
+{
+    int on = PyObject_IsTrue(flag);
+
+    if (on < 0)
+        return NULL;
+    use_libcrypto = 0;
+    if (!on)
+        find_libcrypto();
+    return PyUnicode_FromString(use_libcrypto ? "libcrypto" : "hashlib");
 }
 
 static PyMethodDef recline_methods[] = {
@@ -921,6 +1086,11 @@ static PyMethodDef recline_methods[] = {
     {"write_statement", (PyCFunction) (void (*)(void)) write_statement, METH_FASTCALL,
      "write_statement(fallback, rec, st) -> bool | fallback's result: record the tracker's finished "
      "statement st on the SessionRecorder rec as fallback(rec, st) would (see the module's comment)."},
+    {"_digest_by_hashlib", (PyCFunction) digest_by_hashlib, METH_O,
+     "_digest_by_hashlib(flag) -> the DIGEST_IMPL now in use: tests run statement_line both ways "
+     "(True: through hashlib; False: libcrypto again when it was found)."},
+    {"release", (PyCFunction) release, METH_O,
+     "release(rec) -> bool: rec.release() (SessionRecorder), in C for the ordinary case."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -933,7 +1103,7 @@ static struct PyModuleDef recline_module = {
 PyMODINIT_FUNC
 PyInit__recline(void)
 {
-    PyObject *hashlib;
+    PyObject *hashlib, *module;
 
     init_escape();
     if (sha256 == NULL) {
@@ -971,5 +1141,13 @@ PyInit__recline(void)
         return NULL;
     if (int_three == NULL && (int_three = PyLong_FromLong(3)) == NULL)
         return NULL;
-    return PyModule_Create(&recline_module);
+    find_libcrypto();
+    module = PyModule_Create(&recline_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddStringConstant(module, "DIGEST_IMPL", use_libcrypto ? "libcrypto" : "hashlib") < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -324,3 +324,7 @@ if not _passes(statement_line_c):
 
 #: Which builds statement lines: "c" (``statement_line_c``) or "python" (looked up on every record).
 LINE_IMPL = "c" if statement_line_c is not None else "python"
+#: How the compiled line takes its SHA-256: "libcrypto" (OpenSSL's, called directly) or "hashlib".
+DIGEST_IMPL = "hashlib"
+if statement_line_c is not None:
+    from ._recline import DIGEST_IMPL

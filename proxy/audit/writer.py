@@ -53,11 +53,15 @@ Rules:
 * The file is opened lazily (at the first record) and each record is one
   ``write(2)`` of its whole line (no buffer of ours), so a killed proxy
   leaves every completed statement on disk (a SIGKILL loses nothing the
-  kernel has; a power cut loses what was not fsynced).  fsync policy:
-  ``"off"`` never; ``"statement"`` after each record (safest, slowest: a
-  disk round trip per statement, on the event loop); ``"session"`` (default)
-  the file and its directory once, at ``end()`` -- on ``executor`` when the
-  factory has one, else inline.
+  kernel has; a power cut loses what was not fsynced).  The one exception
+  is ``hold()``/``release()``: the relay holds while it walks one chunk of
+  server bytes and releases before forwarding it, so the records of one
+  read (a pipeline's statements) go in one ``write(2)``, still before any
+  of their answers reaches the client.  fsync policy: ``"off"`` never;
+  ``"statement"`` after each record, or each release (safest, slowest: a
+  disk round trip per statement, on the event loop); ``"session"``
+  (default) the file and its directory once, at ``end()`` -- on
+  ``executor`` when the factory has one, else inline.
 * Disk errors never raise into the caller.  They are logged (structlog event
   ``audit_write_failed``), the recorder is marked ``failed`` (with ``error``),
   ``on_failure(error)`` is called if given, and every later call returns
@@ -103,8 +107,12 @@ try:
     from ._recline import write_statement as write_statement_c
 except ImportError:        # built without a C compiler (or an older build): the reference path
     write_statement_c = None
+try:
+    from ._recline import release as release_c
+except ImportError:
+    release_c = None
 if R.statement_line_c is None:      # the sink builds its lines with the same code: only when that passed
-    write_statement_c = None
+    write_statement_c = release_c = None
 
 #: The tracker's emit when compiled: ``statement_sink(fallback, rec, st)`` records ``st`` exactly as
 #: ``fallback(rec, st)`` (``proxy.net.client_conn._write_statement``) would, in C for the ordinary
@@ -112,6 +120,17 @@ if R.statement_line_c is None:      # the sink builds its lines with the same co
 #: ``ClientConn._start_recording`` looks it up per session; None (tests, benchmarks) forces the Python path.
 statement_sink = write_statement_c
 SINK_IMPL = "c" if write_statement_c is not None else "python"
+
+
+def release(rec: SessionRecorder) -> bool:
+    """``rec.release()``: the relay's call after each chunk it walked (rebound below to the
+    compiled one when built, which does the ordinary case in one C call)."""
+    return rec.release()
+
+
+if release_c is not None:
+    release = release_c  # noqa: F811
+RELEASE_IMPL = "c" if release_c is not None else "python"
 
 
 def new_session_id(now: float | None = None) -> str:
@@ -142,7 +161,7 @@ class SessionRecorder:
         "session_id", "grant", "path", "failed", "error", "ended", "_chain", "_fd",
         "_key", "_kid", "_fsync", "_capture_params", "_capture_rows", "_clock", "_on_failure",
         "_executor", "_started", "_n_statements", "_n_denied", "_n_errors", "_n_rows",
-        "_copy_in", "_copy_out", "_copy_both", "_n_notices", "_n_introspection",
+        "_copy_in", "_copy_out", "_copy_both", "_n_notices", "_n_introspection", "_held",
     )
 
     def __init__(
@@ -174,6 +193,7 @@ class SessionRecorder:
         self.ended = False
         self._chain = R.Chain()
         self._fd = -1                   # the recording's file, opened at the first record
+        self._held: list[bytes] | None = None   # lines made between hold() and release(), not yet written
         self._key = signing_key
         self._kid = key_id
         self._fsync = fsync
@@ -345,6 +365,7 @@ class SessionRecorder:
         if self.ended:
             return False
         self.ended = True
+        self.release()
         if self.failed:
             self._close_quietly()
             return False
@@ -379,9 +400,39 @@ class SessionRecorder:
             self._finish(fd, sync=True)
         return True
 
+    def hold(self) -> None:
+        """Keep the records made from now until ``release()`` and write them together.
+
+        The relay holds while it walks one chunk of the server's bytes and
+        releases before it forwards that chunk: a pipeline's statements (ten
+        CommandCompletes in one read) cost one ``write(2)`` instead of ten, and
+        still no client sees an answer whose record is not the kernel's.  A
+        record method returns True for a held record once it is chained and
+        kept; a failure to write shows at ``release()``.  Holding twice is
+        holding once; ``end()`` releases first."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> bool:
+        """Write what ``hold()`` kept, in one ``write(2)`` (and one fsync under
+        the "statement" policy), and stop holding.  False when the recorder
+        failed, now or before (``on_failure`` was called as for any record)."""
+        held, self._held = self._held, None
+        if self.failed:
+            return False
+        if held:
+            try:
+                self._write(b"".join(held))
+                if self._fsync == "statement":
+                    os.fsync(self._fd)
+            except Exception as e:      # never raise into the session
+                self._fail(e)
+                return False
+        return True
+
     @property
     def records(self) -> int:
-        """Records written so far."""
+        """Records made so far (written, or held until ``release()``)."""
         return self._chain.seq
 
     # ------------------------------------------------------------------ internals
@@ -410,7 +461,7 @@ class SessionRecorder:
                 line, line_digest = built
                 self._chain.advance(line_digest)
             self._append(line)
-            if self._fsync == "statement":
+            if self._fsync == "statement" and self._held is None:
                 os.fsync(self._fd)
         except Exception as e:          # never raise into the session
             self._fail(e)
@@ -418,8 +469,15 @@ class SessionRecorder:
         return True
 
     def _append(self, line: bytes) -> None:
-        """One ``write(2)`` of a whole line, no buffer of ours in between: when this
-        returns, the line is the kernel's, and a crash of pgwarden cannot lose it."""
+        """Kept for ``release()`` while held, else written at once (``_write``)."""
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        """One ``write(2)`` of whole lines, no buffer of ours in between: when this
+        returns, the lines are the kernel's, and a crash of pgwarden cannot lose them."""
         fd = self._fd
         if fd < 0:
             fd = self._open()
@@ -462,6 +520,7 @@ class SessionRecorder:
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = True
+        self._held = None
         self.error = f"{type(exc).__name__}: {exc}"
         self._log().error("audit_write_failed", path=str(self.path), error=self.error,
                           records=self._chain.seq)

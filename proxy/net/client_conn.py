@@ -608,8 +608,17 @@ class ClientConn(asyncio.Protocol):
     def on_server_data(self, data: bytes) -> None:
         if self.phase == CLOSED:
             return
+        rec = self.recorder
         try:
-            data = self.stream.feed(data)
+            if rec is None:
+                data = self.stream.feed(data)
+            else:
+                # The records of the statements this chunk ends go in one write, before it is forwarded.
+                rec.hold()
+                try:
+                    data = self.stream.feed(data)
+                finally:
+                    audit_writer.release(rec)
         except ProtocolError as e:
             self.log.warning("upstream_protocol_violation", reason=e.message)
             self.fatal(e.sqlstate, f"pgwarden: upstream protocol error: {e.message}")

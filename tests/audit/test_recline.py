@@ -25,7 +25,20 @@ from proxy.audit.writer import RecorderFactory
 
 from .conftest import Clock, write_sample
 
-pytestmark = pytest.mark.skipif(R.statement_line_c is None, reason="proxy.audit._recline not built")
+pytestmark = [pytest.mark.skipif(R.statement_line_c is None, reason="proxy.audit._recline not built"),
+              pytest.mark.usefixtures("digest_impl")]
+
+
+@pytest.fixture(scope="module", params=["libcrypto", "hashlib"])
+def digest_impl(request):
+    """Every test here with each way the compiled line takes its SHA-256: libcrypto called directly
+    (as shipped, where found) and hashlib (the way when it is not)."""
+    from proxy.audit import _recline
+    if request.param == "libcrypto" and _recline.DIGEST_IMPL != "libcrypto":
+        pytest.skip("libcrypto's SHA256_Init/Update/Final not found in this process")
+    assert _recline._digest_by_hashlib(request.param == "hashlib") == request.param
+    yield request.param
+    _recline._digest_by_hashlib(_recline.DIGEST_IMPL == "hashlib")
 
 MAX_EPOCH = 253402300800          # 10000-01-01T00:00:00Z
 

@@ -129,12 +129,18 @@ def make(cls, spec):
     return s
 
 
-def record(directory, specs, cls, compiled, **kw):
+def record(directory, specs, cls, compiled, *, held=False, **kw):
+    """The statements through one path; ``held``: between rec.hold() and rec.release() (as the relay
+    walks a chunk), the bytes on disk before the release and its result appended to the results."""
     clock = CountingClock()
     rec = recorder(directory, clock, **kw)
     emit = emitter(rec, compiled)
+    if held:
+        rec.hold()
     with fixed_wall_clock():
         results = [emit(make(cls, s)) for s in specs]
+    if held:
+        results += [rec.path.read_bytes(), rec.release(), rec._held]
     return rec, clock, results
 
 
@@ -146,25 +152,32 @@ ORDINARY = {"text": "SELECT abalance FROM pgbench_accounts WHERE aid = $1", "via
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(statements, min_size=1, max_size=8), cls=st.sampled_from(STATEMENT_CLASSES),
        capture_params=st.booleans(), capture_rows=st.sampled_from([0, 1]),
-       line_impl=st.sampled_from(["c", "c", "python"]), fsync=st.sampled_from(["session", "off", "statement"]))
+       line_impl=st.sampled_from(["c", "c", "python"]), fsync=st.sampled_from(["session", "off", "statement"]),
+       held=st.booleans())
 @example(specs=[ORDINARY, dict(ORDINARY, text="x\ud800"), dict(ORDINARY, params=[b"\x00"]),
                 dict(ORDINARY, verdict=Verdict(False, "no", "write.delete", "write"), sqlstate="42501")],
-         cls=STATEMENT_CLASSES[0], capture_params=True, capture_rows=0, line_impl="c", fsync="session")
+         cls=STATEMENT_CLASSES[0], capture_params=True, capture_rows=0, line_impl="c", fsync="session", held=False)
+@example(specs=[ORDINARY, dict(ORDINARY, text="x\ud800"), ORDINARY], cls=STATEMENT_CLASSES[0], capture_params=True,
+         capture_rows=0, line_impl="c", fsync="session", held=True)
 def test_the_sink_records_what_the_reference_records(tmp_path_factory, specs, cls, capture_params, capture_rows,
-                                                      line_impl, fsync):
+                                                      line_impl, fsync, held):
     saved = R.LINE_IMPL
     R.LINE_IMPL = line_impl
     try:
         out = []
         for compiled in (False, True):
             d = tmp_path_factory.mktemp("c" if compiled else "py")
-            rec, clock, results = record(d, specs, cls, compiled, capture_params=capture_params,
+            rec, clock, results = record(d, specs, cls, compiled, held=held, capture_params=capture_params,
                                          capture_rows=capture_rows, fsync=fsync)
-            data = rec.path.read_bytes()
+            data, made = rec.path.read_bytes(), rec.records
             rec.end("client_closed")
-            out.append((data, state(rec, clock), rec.path.read_bytes()))
+            out.append((data, state(rec, clock), rec.path.read_bytes(), results[len(specs):]))
             if compiled:            # what rec.statement would say: True when written (None: the fallback ran)
-                assert all(r in (True, None) for r in results)
+                assert all(r in (True, None) for r in results[:len(specs)])
+            if held:                # nothing of the statements on disk before the release, all of them after
+                before, released, after = results[len(specs):]
+                assert released is True and after is None
+                assert before.count(b"\n") == 1 and data.count(b"\n") == made
     finally:
         R.LINE_IMPL = saved
     assert out[0] == out[1]
