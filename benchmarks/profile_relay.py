@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.env import BenchEnv, log, pgbench_path
-from benchmarks.suite import WORKLOADS, rows_script
+from benchmarks.suite import WORKLOADS, write_scripts
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.out / f"{w.key}.txt"
     with BenchEnv(scale=args.scale, record=not args.no_record, pgbouncer=False) as env:
         target = env.targets(tls=w.tls)["pgwarden"]
-        script = rows_script(env.work / "rows10k.sql", args.scale)
+        script = write_scripts(env.work, args.scale)
         subprocess.run([pgbench_path(), *w.pgbench_args(3, script)], env=target, check=True, capture_output=True)
         bench = subprocess.Popen([pgbench_path(), *w.pgbench_args(args.duration + 2, script)], env=target,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,8 +14,9 @@ run mean anything.  The default run (4 s x 3 repeats) takes about 9 minutes.
 
 Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
 and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
-default); a 10,000-row result per query at -c 4 (-M prepared, reported as
-MB/s too); connection churn (-C: a new connection per transaction, -S -c 8)
+default); the select-only statement ten times per pipeline at -c 8 (-M
+extended, one Sync: a driver's batch; no target in the issue); a 10,000-row
+result per query at -c 4 (-M prepared, reported as MB/s too); connection churn (-C: a new connection per transaction, -S -c 8)
 without and with TLS; 1,000 idle sessions held open (proxy memory per
 session); then the deadline-to-cut lag over 200 sessions
 (benchmarks/expiry_lag.py, its own server).  Not run by CI.
@@ -51,15 +52,22 @@ class Workload:
     args: tuple[str, ...]
     clients: int
     tls: bool = False
-    script: bool = False            # the 10,000-row custom script
+    script: str | None = None       # a custom script's file name (SCRIPTS), written by write_scripts
     target: tuple[str, float] | None = None   # ("pgbouncer" | "direct", minimum pgwarden/that ratio)
     norec: bool = False             # also measure pgwarden with recording off (--norec) and the bare relay
+    bare: bool = True               # with norec: the bare relays too (their record is one line per ReadyForQuery,
+                                    # which is one per statement only without pipelining)
 
-    def pgbench_args(self, duration: int, script_path: Path | None) -> list[str]:
+    def pgbench_args(self, duration: int, scripts: Path | None) -> list[str]:
+        """pgbench's arguments; ``scripts``: the directory write_scripts filled."""
         args = ["-n", *self.args, "-c", str(self.clients), "-j", str(min(self.clients, 2)), "-T", str(duration)]
         if self.script:
-            args += ["-f", str(script_path)]
+            args += ["-f", str(scripts / self.script)]
         return args
+
+
+ROWS_SQL = "rows10k.sql"
+PIPELINE_SQL = "pipeline10.sql"
 
 
 def _workloads() -> list[Workload]:
@@ -70,8 +78,10 @@ def _workloads() -> list[Workload]:
                                 target=("pgbouncer", 0.9 if c == 8 else 0.8), norec=c == 8))
     out.append(Workload("tpcb-c8", "TPC-B (default script, -M simple)", ("-M", "simple"), 8,
                         target=("pgbouncer", 0.9), norec=True))
+    out.append(Workload("pipeline10-c8", "select-only, 10 per pipeline (-M extended), pipelines/s",
+                        ("-M", "extended"), 8, script=PIPELINE_SQL, norec=True, bare=False))
     out.append(Workload("rows10k-c4", "10,000-row result, queries/s (-M prepared)", ("-M", "prepared"), 4,
-                        script=True, target=("pgbouncer", 1.2), norec=True))
+                        script=ROWS_SQL, target=("pgbouncer", 1.2), norec=True))
     out.append(Workload("churn-c8", "connection churn -C (-S, no TLS)", ("-S", "-C", "-M", "simple"), 8,
                         target=("direct", 0.7)))
     out.append(Workload("churn-tls-c8", "connection churn -C (-S, TLS on every path)", ("-S", "-C", "-M", "simple"),
@@ -103,6 +113,21 @@ def rows_script(path: Path, scale: int) -> Path:
                     "SELECT aid, bid, abalance, filler FROM pgbench_accounts "
                     "WHERE aid > :a AND aid <= :a + 10000;\n")
     return path
+
+
+def pipeline_script(path: Path, scale: int, n: int = 10) -> Path:
+    """pgbench's select-only statement n times in one pipeline (one Sync): what a driver's batch,
+    psycopg's pipeline mode or pgjdbc's executeBatch send, answered in one read."""
+    path.write_text(f"\\set aid random(1, {scale * 100_000})\n\\startpipeline\n"
+                    + "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n" * n + "\\endpipeline\n")
+    return path
+
+
+def write_scripts(directory: Path, scale: int) -> Path:
+    """The custom scripts the workloads name, in ``directory``."""
+    rows_script(directory / ROWS_SQL, scale)
+    pipeline_script(directory / PIPELINE_SQL, scale)
+    return directory
 
 
 def result_bytes(env: BenchEnv, sql: str) -> int:
@@ -226,7 +251,7 @@ def run(args) -> Results:
     res = Results()
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
     per_run = args.duration + 1.5
-    extra = sum(w.norec for w in selected) * (int(args.norec) + 2 * int(args.bare))
+    extra = sum(w.norec * (int(args.norec) + 2 * int(args.bare and w.bare)) for w in selected)
     estimate = ((len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
                 + (40 if args.expiry else 0))
     log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
@@ -241,7 +266,7 @@ def run(args) -> Results:
                     "pgwarden": {"scope": "write", "policy": "on", "recording": env.recording, "tls": "offered",
                                  "upstream": "TCP 127.0.0.1, no TLS"},
                     "commands": {}}
-        script = rows_script(env.work / "rows10k.sql", args.scale)
+        scripts = write_scripts(env.work, args.scale)
         res.rows_bytes = result_bytes(env, "SELECT aid, bid, abalance, filler FROM pgbench_accounts "
                                            "WHERE aid > 0 AND aid <= 10000")
         log(f"10,000-row result: {res.rows_bytes} bytes on the wire per query")
@@ -254,11 +279,12 @@ def run(args) -> Results:
             targets = env.targets(tls=w.tls)
             if not w.norec or w.tls:
                 targets.pop(NOREC, None)
+            if not w.norec or w.tls or not w.bare:
                 targets.pop(BARE, None)
                 targets.pop(BARE_RECORD, None)
-            pg_args = w.pgbench_args(args.duration, script)
+            pg_args = w.pgbench_args(args.duration, scripts)
             res.meta["commands"][w.key] = "pgbench " + " ".join(
-                a if a != str(script) else "rows10k.sql" for a in pg_args)
+                a if not w.script or a != str(scripts / w.script) else w.script for a in pg_args)
             for rep in range(args.repeat):
                 for name, tenv in targets.items():       # interleaved: noise hits every path alike
                     tps = run_pgbench(tenv, pg_args, timeout=args.duration * 4 + 120)
@@ -298,7 +324,7 @@ def table(res: Results) -> str:
             met = "n/a" if r is None else ("yes" if r >= minimum else "**no**")
         rows.append(f"| {w.label} | {w.clients} | {_fmt(d)} | {_fmt(b)} | {_fmt(p)} | {_fmt(rd, '.2f')} | "
                     f"{_fmt(rb, '.2f')} | {goal} | {met} |")
-        if w.script and res.rows_bytes:
+        if w.script == ROWS_SQL and res.rows_bytes:
             mb = [None if x is None else x * res.rows_bytes / 1e6 for x in (d, b, p)]
             rows.append(f"| ↳ same, result bytes/s | {w.clients} | {_fmt(mb[0])} MB/s | {_fmt(mb[1])} MB/s | "
                         f"{_fmt(mb[2])} MB/s | | | | |")
