@@ -475,18 +475,18 @@ class SessionRecorder:
         else:
             self._write(line)
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         """One ``write(2)`` of whole lines, no buffer of ours in between: when this
         returns, the lines are the kernel's, and a crash of pgwarden cannot lose them."""
         fd = self._fd
         if fd < 0:
             fd = self._open()
-        done = os.write(fd, line)
-        while done < len(line):         # a short write (the disk filling up, a signal): the rest
+        done = os.write(fd, data)
+        while done < len(data):         # a short write (the disk filling up, a signal): the rest
             if done <= 0:
                 raise OSError(errno.EIO, "the recording's file took no bytes")
-            line = line[done:]
-            done = os.write(fd, line)
+            data = data[done:]
+            done = os.write(fd, data)
 
     def _open(self) -> int:
         directory = self.path.parent
