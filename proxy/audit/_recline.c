@@ -680,6 +680,24 @@ caught(void)
     return value;
 }
 
+/* The write just failed (an exception set): as the reference's "except Exception as e:
+ * self._fail(e); return False" -- a new reference to False, or NULL with the exception left
+ * set when it is not an Exception or _fail raised. */
+static PyObject *
+fail_recorder(PyObject *rec)
+{
+    PyObject *exc = caught(), *r;
+
+    if (exc == NULL)
+        return NULL;
+    r = PyObject_CallMethodOneArg(rec, name[N_FAIL], exc);
+    Py_DECREF(exc);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    return Py_NewRef(Py_False);
+}
+
 static int
 modules(void)
 {
@@ -921,15 +939,7 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (o == NULL || PyObject_SetAttr(chain, name[N_SEQ], o) < 0
                 || PyObject_SetAttr(chain, name[N_PREV], digest) < 0
                 || (held == Py_None ? append(fd, line) : PyList_Append(held, line)) < 0) {
-                PyObject *exc = caught();
-
-                if (exc == NULL)
-                    goto error;
-                result = PyObject_CallMethodOneArg(rec, name[N_FAIL], exc);
-                Py_DECREF(exc);
-                if (result == NULL)
-                    goto error;
-                Py_SETREF(result, Py_NewRef(Py_False));
+                result = fail_recorder(rec);
                 goto done;
             }
             result = Py_NewRef(Py_True);
@@ -1042,15 +1052,7 @@ release(PyObject *module, PyObject *rec)
             goto done;
     }
     if (append(fd, data) < 0) {
-        PyObject *exc = caught();
-
-        if (exc == NULL)
-            goto done;
-        o = PyObject_CallMethodOneArg(rec, name[N_FAIL], exc);
-        Py_DECREF(exc);
-        if (o == NULL)
-            goto done;
-        result = Py_NewRef(Py_False);
+        result = fail_recorder(rec);
         goto done;
     }
     result = Py_NewRef(Py_True);

@@ -96,28 +96,6 @@ def test_a_failed_release_fails_the_recorder_once(factory, keys, writes):
     assert report.status == "unterminated" and report.statements == 1
 
 
-@pytest.mark.parametrize("policy, at_release", [("statement", 1), ("session", 0), ("off", 0)])
-def test_fsync_per_release_under_the_statement_policy(tmp_path, key, monkeypatch, policy, at_release):
-    calls = []
-    real = os.fsync
-
-    def counting(fd):
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            calls.append(fd)
-        return real(fd)
-
-    monkeypatch.setattr(os, "fsync", counting)
-    rec = RecorderFactory(AuditConfig(dir=tmp_path, fsync=policy), key).open()
-    rec.start()
-    before = len(calls)
-    rec.hold()
-    for i in range(3):
-        rec.statement(f"select {i}")
-    assert len(calls) == before
-    rec.release()
-    assert len(calls) == before + at_release
-
-
 # ------------------------------------------------------------------ the relay
 
 

@@ -337,10 +337,10 @@ def test_a_write_that_takes_nothing_fails_the_recording(factory, monkeypatch):
     assert rec.failed and errors and "took no bytes" in errors[0]
 
 
-@pytest.mark.parametrize("policy, expected", [("off", 0), ("statement", 5), ("session", 1)])
-def test_fsync_policy(tmp_path, key, monkeypatch, policy, expected):
-    """off: never; statement: every record (start, 2 statements, notice, end); session: once, at the end."""
-    calls = []
+@pytest.fixture
+def fsync_calls(monkeypatch) -> list[int]:
+    """The descriptors of regular files fsynced from now on."""
+    calls: list[int] = []
     real = os.fsync
 
     def counting(fd):
@@ -349,6 +349,13 @@ def test_fsync_policy(tmp_path, key, monkeypatch, policy, expected):
         return real(fd)
 
     monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+@pytest.mark.parametrize("policy, expected", [("off", 0), ("statement", 5), ("session", 1)])
+def test_fsync_policy(tmp_path, key, fsync_calls, policy, expected):
+    """off: never; statement: every record (start, 2 statements, notice, end); session: once, at the end."""
+    calls = fsync_calls
     rec = RecorderFactory(AuditConfig(dir=tmp_path, fsync=policy), key).open()
     rec.start()
     rec.statement("select 1")
@@ -413,3 +420,17 @@ def test_write_sample_unterminated(factory, clock, keys):
     rec = write_sample(factory.open(), clock, end=False)
     report = verify(rec.path, keys)
     assert report.status == "unterminated" and report.statements == 6 and report.records == 9
+
+
+@pytest.mark.parametrize("policy, at_release", [("statement", 1), ("session", 0), ("off", 0)])
+def test_fsync_per_release_under_the_statement_policy(tmp_path, key, fsync_calls, policy, at_release):
+    """Held records (SessionRecorder.hold, tests/audit/test_held.py) are fsynced once, at the release."""
+    rec = RecorderFactory(AuditConfig(dir=tmp_path, fsync=policy), key).open()
+    rec.start()
+    before = len(fsync_calls)
+    rec.hold()
+    for i in range(3):
+        rec.statement(f"select {i}")
+    assert len(fsync_calls) == before
+    rec.release()
+    assert len(fsync_calls) == before + at_release
