@@ -10,16 +10,17 @@ then runs each workload on each path, interleaved (direct, PgBouncer,
 pgwarden, direct, PgBouncer, pgwarden ...) and repeated, and prints the median
 of each and the ratios pgwarden/direct and pgwarden/PgBouncer, with the
 issue's targets.  These machines are noisy: only ratios measured in the same
-run mean anything.  The default run (4 s x 3 repeats) takes about 9 minutes.
+run mean anything.  The default run (4 s x 3 repeats) takes about 11 minutes.
 
 Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
 and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
 default); the select-only statement ten times per pipeline at -c 8 (-M
 extended, one Sync: a driver's batch; no target in the issue); a 10,000-row
-result per query at -c 4 (-M prepared, reported as MB/s too); connection churn (-C: a new connection per transaction, -S -c 8)
-without and with TLS; 1,000 idle sessions held open (proxy memory per
-session); then the deadline-to-cut lag over 200 sessions
-(benchmarks/expiry_lag.py, its own server).  Not run by CI.
+result per query at -c 4 (-M prepared, reported as MB/s too); connection
+churn (-C: a new connection per transaction, -S -c 8) without and with TLS;
+1,000 idle sessions held open (proxy memory per session); then the
+deadline-to-cut lag over 200 sessions (benchmarks/expiry_lag.py, its own
+server).  Not run by CI.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Workload:
     args: tuple[str, ...]
     clients: int
     tls: bool = False
-    script: str | None = None       # a custom script's file name (SCRIPTS), written by write_scripts
+    script: str | None = None       # a custom script's file name (ROWS_SQL, PIPELINE_SQL), see write_scripts
     target: tuple[str, float] | None = None   # ("pgbouncer" | "direct", minimum pgwarden/that ratio)
     norec: bool = False             # also measure pgwarden with recording off (--norec) and the bare relay
     bare: bool = True               # with norec: the bare relays too (their record is one line per ReadyForQuery,
