@@ -48,8 +48,8 @@ def test_held_records_go_in_one_write_in_order(factory, keys, writes):
     rec = factory.open()
     rec.start(user="a")
     rec.hold()
-    rec.hold()                                    # holding twice is holding once
     assert rec.statement("select 1", tag="SELECT 1") is True
+    rec.hold()                                    # holding twice is holding once: nothing held is dropped
     assert rec.copy("out", 10, rows=1) is True
     assert rec.statement("select 2", tag="SELECT 1") is True
     assert len(lines(rec.path)) == 1 and rec.records == 4     # chained, not yet written
