@@ -166,6 +166,7 @@ class BenchEnv:
     norec: bool = False
     bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
     bare_record: bool = False       # also the bare relay writing one chained line per statement (--record)
+    bare_record_mmap: bool = False  # ... and storing it into a mapping of the file instead (--record --mmap)
     parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
     baseline: Path | None = None    # also a pgwarden (recording on) run from this other source tree
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
@@ -178,6 +179,7 @@ class BenchEnv:
         self.bouncer: Proc | None = None
         self.bare_relay: Proc | None = None
         self.bare_relay_record: Proc | None = None
+        self.bare_relay_record_mmap: Proc | None = None
         self.part_procs: dict[str, Proc] = {}
         self.baseline_proc: Proc | None = None
         if self.baseline is not None and not (Path(self.baseline) / "proxy" / "__main__.py").is_file():
@@ -243,6 +245,11 @@ class BenchEnv:
             records = self.work / "bare-relay-records"
             records.mkdir()
             self.bare_relay_record = self._start_bare_relay("bare-relay-record", "--record", str(records))
+        if self.bare_record_mmap:
+            records = self.work / "bare-relay-records-mmap"
+            records.mkdir()
+            self.bare_relay_record_mmap = self._start_bare_relay("bare-relay-record-mmap", "--record", str(records),
+                                                                 "--mmap")
         if self.pgbouncer:
             exe = ensure_pgbouncer(self.install)
             if exe:
@@ -389,6 +396,8 @@ pidfile = {d}/pgbouncer.pid
             out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
         if self.bare_relay_record is not None:
             out["bare-relay-record"] = dict(out["direct"], PGPORT=str(self.bare_relay_record.port))
+        if self.bare_relay_record_mmap is not None:
+            out["bare-relay-record-mmap"] = dict(out["direct"], PGPORT=str(self.bare_relay_record_mmap.port))
         return out
 
     def versions(self) -> dict[str, str]:

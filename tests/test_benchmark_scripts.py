@@ -24,9 +24,11 @@ def test_classify_cost_quick_run():
     assert any("masked" in ln for ln in proc.stdout.splitlines()[:1])
 
 
-def _through_bare_relay(*args: str, send: bytes, answer, expect: int) -> bytes:
+def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None) -> bytes:
     """Send ``send`` through benchmarks/bare_relay.py (with ``args``) to a one-connection upstream
-    that replies ``answer(data)``; return the first ``expect`` bytes the client gets back."""
+    that replies ``answer(data)``; return the first ``expect`` bytes the client gets back.  With
+    ``after``, the client then disconnects and ``after()`` runs before the relay is stopped
+    (SIGTERM, which it does not handle: a crash as far as its files go)."""
     import socket
     import threading
     import time
@@ -59,6 +61,9 @@ def _through_bare_relay(*args: str, send: bytes, answer, expect: int) -> bytes:
             got = b""
             while len(got) < expect:
                 got += client.recv(100)
+        if after is not None:
+            client.close()
+            after()
         return got
     finally:
         relay.terminate()
@@ -72,23 +77,57 @@ def test_bare_relay_pipes_bytes_both_ways():
     assert _through_bare_relay(send=b"hello, relay", answer=lambda d: d[::-1], expect=12) == b"yaler ,olleh"
 
 
-def test_bare_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path):
-    """--record: the floor of a per-statement recording. Two ReadyForQuery in the answer give two
-    lines in the session's file, each carrying the SHA-256 of the line before; the bytes still
-    reach the client unchanged."""
+def _chained_lines(data: bytes) -> None:
     import hashlib
     import json
 
-    answer = b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I" * 2
-    got = _through_bare_relay("--record", str(tmp_path), send=b"Q", answer=lambda d: answer, expect=len(answer))
-    assert got == answer
-    files = list(tmp_path.glob("*.jsonl"))
-    assert len(files) == 1
-    lines = files[0].read_bytes().splitlines(keepends=True)
+    lines = data.splitlines(keepends=True)
     assert [json.loads(ln)["seq"] for ln in lines] == [1, 2]
     assert json.loads(lines[0])["prev"] == "0" * 64
     assert json.loads(lines[1])["prev"] == hashlib.sha256(lines[0]).hexdigest()
     assert 350 <= len(lines[0]) <= 400, len(lines[0])                # a pgwarden statement record: ~380
+
+
+_TWO_STATEMENTS = b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I" * 2
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["write", "mmap"])
+def test_bare_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path, mapped):
+    """--record: the floor of a per-statement recording. Two ReadyForQuery in the answer give two
+    lines in the session's file, each carrying the SHA-256 of the line before; the bytes still
+    reach the client unchanged.  With --mmap too: the relay is stopped (SIGTERM, unhandled) with
+    the session open, as a crash would, and the lines it stored are in the file, followed by the
+    zero bytes of the megabyte it reserved."""
+    args = ["--record", str(tmp_path), *(["--mmap"] if mapped else [])]
+    got = _through_bare_relay(*args, send=b"Q", answer=lambda d: _TWO_STATEMENTS, expect=len(_TWO_STATEMENTS))
+    assert got == _TWO_STATEMENTS
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1
+    data = files[0].read_bytes()
+    if mapped:
+        assert len(data) == 1 << 20 and data.endswith(b"\0")
+        data = data.rstrip(b"\0")
+    _chained_lines(data)
+
+
+def test_bare_relay_mmap_cuts_the_file_to_its_lines_when_the_session_ends(tmp_path):
+    """--record --mmap: once the session closes, the file holds the lines and nothing after them."""
+    import time
+
+    def closed():
+        deadline = time.monotonic() + 10
+        while True:
+            files = list(tmp_path.glob("*.jsonl"))
+            if files and files[0].stat().st_size < 1 << 20:
+                return
+            assert time.monotonic() < deadline, "the file was not cut to its length"
+            time.sleep(0.05)
+    _through_bare_relay("--record", str(tmp_path), "--mmap", send=b"Q", answer=lambda d: _TWO_STATEMENTS,
+                        expect=len(_TWO_STATEMENTS), after=closed)
+    (f,) = tmp_path.glob("*.jsonl")
+    data = f.read_bytes()
+    assert b"\0" not in data
+    _chained_lines(data)
 
 
 def test_layer_table_gives_each_layer_as_a_ratio_to_pgbouncer():
