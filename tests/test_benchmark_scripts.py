@@ -27,8 +27,8 @@ def test_classify_cost_quick_run():
 def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None) -> bytes:
     """Send ``send`` through benchmarks/bare_relay.py (with ``args``) to a one-connection upstream
     that replies ``answer(data)``; return the first ``expect`` bytes the client gets back.  With
-    ``after``, the client then disconnects and ``after()`` runs before the relay is stopped
-    (SIGTERM, which it does not handle: a crash as far as its files go)."""
+    ``after``, ``after(client, relay)`` runs then, with the client still connected (the socket and
+    the relay's Popen); the relay is stopped last (SIGTERM)."""
     import socket
     import threading
     import time
@@ -61,9 +61,8 @@ def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None
             got = b""
             while len(got) < expect:
                 got += client.recv(100)
-        if after is not None:
-            client.close()
-            after()
+            if after is not None:
+                after(client, relay)
         return got
     finally:
         relay.terminate()
@@ -95,11 +94,15 @@ _TWO_STATEMENTS = b"C\x00\x00\x00\x0dSELECT 1\x00Z\x00\x00\x00\x05I" * 2
 def test_bare_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path, mapped):
     """--record: the floor of a per-statement recording. Two ReadyForQuery in the answer give two
     lines in the session's file, each carrying the SHA-256 of the line before; the bytes still
-    reach the client unchanged.  With --mmap too: the relay is stopped (SIGTERM, unhandled) with
-    the session open, as a crash would, and the lines it stored are in the file, followed by the
-    zero bytes of the megabyte it reserved."""
+    reach the client unchanged.  With --mmap too: the relay is killed (SIGKILL) with the session
+    open, as a crash would, and the lines it stored are in the file, followed by the zero bytes of
+    the megabyte it reserved."""
+    def crash(client, relay):
+        relay.kill()
+        relay.wait(10)
     args = ["--record", str(tmp_path), *(["--mmap"] if mapped else [])]
-    got = _through_bare_relay(*args, send=b"Q", answer=lambda d: _TWO_STATEMENTS, expect=len(_TWO_STATEMENTS))
+    got = _through_bare_relay(*args, send=b"Q", answer=lambda d: _TWO_STATEMENTS, expect=len(_TWO_STATEMENTS),
+                              after=crash)
     assert got == _TWO_STATEMENTS
     files = list(tmp_path.glob("*.jsonl"))
     assert len(files) == 1
@@ -114,7 +117,8 @@ def test_bare_relay_mmap_cuts_the_file_to_its_lines_when_the_session_ends(tmp_pa
     """--record --mmap: once the session closes, the file holds the lines and nothing after them."""
     import time
 
-    def closed():
+    def closed(client, relay):
+        client.close()
         deadline = time.monotonic() + 10
         while True:
             files = list(tmp_path.glob("*.jsonl"))
@@ -194,3 +198,21 @@ def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     lines = out.splitlines()
     assert lines[2].split("|")[2:4] == [" 200 ", " 1.00 "]
     assert lines[3].split("|")[2:6] == [" 100 ", " 0.50 ", " 28.0-30.0 ", " 25.0-30.0 "]
+
+
+def test_bare_relay_mmap_grows_the_file_past_its_first_megabyte(tmp_path):
+    """--record --mmap over more lines than the first reserved megabyte holds: the mapping grows and
+    every line is there, chained, once the session ends."""
+    import hashlib
+    import json
+
+    from benchmarks.bare_relay import _MAP_STEP, _READY, _Recording
+
+    rec = _Recording(tmp_path, mapped=True)
+    rec.server_data((_READY + b"I") * 3000)        # 3,000 lines of about 380 bytes
+    rec.close()
+    (f,) = tmp_path.glob("*.jsonl")
+    lines = f.read_bytes().splitlines(keepends=True)
+    assert f.stat().st_size > _MAP_STEP
+    assert [json.loads(ln)["seq"] for ln in lines] == list(range(1, 3001))
+    assert all(json.loads(b)["prev"] == hashlib.sha256(a).hexdigest() for a, b in zip(lines, lines[1:]))
