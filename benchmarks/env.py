@@ -137,6 +137,22 @@ def pgbench_path() -> str:
     return exe
 
 
+def build_c_relay(out: Path) -> Path | None:
+    """benchmarks/c_relay.c compiled to ``out``; None (and a line saying why) where there is no C
+    compiler or no libcrypto to build it with."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log("no C compiler: the C relay's paths are skipped")
+        return None
+    proc = subprocess.run([cc, "-O2", "-o", str(out), str(ROOT / "benchmarks" / "c_relay.c"), "-lcrypto"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        log(f"the C relay did not build ({err}): its paths are skipped")
+        return None
+    return out
+
+
 def recording_supported() -> bool:
     """True when this pgwarden can record sessions ([audit] section and write_config(record=...))."""
     try:
@@ -167,6 +183,7 @@ class BenchEnv:
     bare: bool = False              # also a bare Python relay (benchmarks/bare_relay.py): the floor
     bare_record: bool = False       # also the bare relay writing one chained line per statement (--record)
     bare_record_mmap: bool = False  # ... and storing it into a mapping of the file instead (--record --mmap)
+    c_relays: bool = False          # also the C relay (benchmarks/c_relay.c), alone and with --record, if it builds
     parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
     baseline: Path | None = None    # also a pgwarden (recording on) run from this other source tree
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
@@ -180,6 +197,8 @@ class BenchEnv:
         self.bare_relay: Proc | None = None
         self.bare_relay_record: Proc | None = None
         self.bare_relay_record_mmap: Proc | None = None
+        self.c_relay: Proc | None = None
+        self.c_relay_record: Proc | None = None
         self.part_procs: dict[str, Proc] = {}
         self.baseline_proc: Proc | None = None
         if self.baseline is not None and not (Path(self.baseline) / "proxy" / "__main__.py").is_file():
@@ -250,6 +269,11 @@ class BenchEnv:
             records.mkdir()
             self.bare_relay_record_mmap = self._start_bare_relay("bare-relay-record-mmap", "--record", str(records),
                                                                  "--mmap")
+        if self.c_relays and (exe := build_c_relay(self.work / "c_relay")) is not None:
+            self.c_relay = self._start_bare_relay("c-relay", exe=exe)
+            records = self.work / "c-relay-records"
+            records.mkdir()
+            self.c_relay_record = self._start_bare_relay("c-relay-record", "--record", str(records), exe=exe)
         if self.pgbouncer:
             exe = ensure_pgbouncer(self.install)
             if exe:
@@ -310,10 +334,12 @@ class BenchEnv:
         wait_port(port, proc=popen, what=name)
         return proc
 
-    def _start_bare_relay(self, name: str, *args: str) -> Proc:
+    def _start_bare_relay(self, name: str, *args: str, exe: Path | None = None) -> Proc:
+        """benchmarks/bare_relay.py, or with ``exe`` the C relay built from benchmarks/c_relay.c."""
         port = free_port()
         log_path = self.work / f"{name}.log"
-        popen = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
+        cmd = [str(exe)] if exe is not None else [sys.executable, "-m", "benchmarks.bare_relay"]
+        popen = subprocess.Popen([*cmd, "--listen", str(port),
                                   "--upstream", f"127.0.0.1:{self.pg.port}", *args], stdout=subprocess.DEVNULL,
                                  stderr=open(log_path, "wb"), cwd=str(ROOT))
         proc = Proc(name, popen, popen.pid, port, log_path)
@@ -398,6 +424,9 @@ pidfile = {d}/pgbouncer.pid
             out["bare-relay-record"] = dict(out["direct"], PGPORT=str(self.bare_relay_record.port))
         if self.bare_relay_record_mmap is not None:
             out["bare-relay-record-mmap"] = dict(out["direct"], PGPORT=str(self.bare_relay_record_mmap.port))
+        for proc in (self.c_relay, self.c_relay_record):
+            if proc is not None:
+                out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
         return out
 
     def versions(self) -> dict[str, str]:

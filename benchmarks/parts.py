@@ -37,6 +37,8 @@ LABELS = {
     "bare-relay": "bare Python relay (parses nothing)",
     "bare-relay-record": "bare relay + one chained line and write(2) per statement",
     "bare-relay-record-mmap": "bare relay + the same line stored into a mapping of the file (--mmap)",
+    "c-relay": "C relay (benchmarks/c_relay.c: epoll, parses nothing)",
+    "c-relay-record": "C relay + one chained line and write(2) per statement",
     "pgwarden-norec": "pgwarden, recording off",
     "pgwarden-no-tracker": "recorder open, no statement tracker",
     "pgwarden-no-records": "tracker on, statement records not built",
@@ -79,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bare", action="store_true",
                     help="also the bare Python relay, alone, writing one chained line per statement "
                          "(benchmarks/bare_relay.py --record), and storing it into a mapping of the file "
-                         "(--record --mmap): the floors under pgwarden's two halves, and what write(2) costs")
+                         "(--record --mmap): the floors under pgwarden's two halves, and what write(2) costs; "
+                         "and the C relay (benchmarks/c_relay.c), alone and with --record, where it builds")
     args = ap.parse_args(argv)
     with BenchEnv(norec=True, parts=PARTS, baseline=args.baseline, bare=args.bare, bare_record=args.bare,
-                  bare_record_mmap=args.bare) as env:
+                  bare_record_mmap=args.bare, c_relays=args.bare) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
                 **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             pids["pgwarden-baseline"] = env.baseline_proc.pid
         if env.bouncer is not None:
             pids["pgbouncer"] = env.bouncer.pid
-        for proc in (env.bare_relay, env.bare_relay_record, env.bare_relay_record_mmap):
+        for proc in (env.bare_relay, env.bare_relay_record, env.bare_relay_record_mmap, env.c_relay,
+                     env.c_relay_record):
             if proc is not None:
                 pids[proc.name] = proc.pid
         order = [name for name in LABELS if name in targets and name in pids]

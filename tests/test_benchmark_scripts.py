@@ -24,11 +24,31 @@ def test_classify_cost_quick_run():
     assert any("masked" in ln for ln in proc.stdout.splitlines()[:1])
 
 
-def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None) -> bytes:
-    """Send ``send`` through benchmarks/bare_relay.py (with ``args``) to a one-connection upstream
-    that replies ``answer(data)``; return the first ``expect`` bytes the client gets back.  With
-    ``after``, ``after(client, relay)`` runs then, with the client still connected (the socket and
-    the relay's Popen); the relay is stopped last (SIGTERM)."""
+@pytest.fixture(scope="module")
+def c_relay(tmp_path_factory):
+    """benchmarks/c_relay.c built (skipped where there is no C compiler or libcrypto to build it)."""
+    from benchmarks.env import build_c_relay
+
+    exe = build_c_relay(tmp_path_factory.mktemp("c_relay") / "c_relay")
+    if exe is None:
+        pytest.skip("the C relay does not build here (no C compiler or no libcrypto headers)")
+    return exe
+
+
+@pytest.fixture(params=["python", "c"])
+def relay_cmd(request):
+    """The command of each bare relay: benchmarks/bare_relay.py and the C relay, same options."""
+    if request.param == "python":
+        return [sys.executable, "-m", "benchmarks.bare_relay"]
+    return [str(request.getfixturevalue("c_relay"))]
+
+
+def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None, cmd=None,
+                        pause: float = 0) -> bytes:
+    """Send ``send`` through benchmarks/bare_relay.py (or the relay ``cmd`` runs), with ``args``, to
+    a one-connection upstream that replies ``answer(data)``; return the first ``expect`` bytes the
+    client gets back, read ``pause`` seconds after sending.  With ``after``, ``after(client, relay)`` runs then, with the client still
+    connected (the socket and the relay's Popen); the relay is stopped last (SIGTERM)."""
     import socket
     import threading
     import time
@@ -45,8 +65,8 @@ def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    relay = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_relay", "--listen", str(port),
-                              "--upstream", f"127.0.0.1:{up_port}", *args], cwd=REPO)
+    cmd = cmd or [sys.executable, "-m", "benchmarks.bare_relay"]
+    relay = subprocess.Popen([*cmd, "--listen", str(port), "--upstream", f"127.0.0.1:{up_port}", *args], cwd=REPO)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -58,22 +78,39 @@ def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None
                 time.sleep(0.1)
         with client:
             client.sendall(send)
-            got = b""
+            time.sleep(pause)
+            got = bytearray()
             while len(got) < expect:
-                got += client.recv(100)
+                chunk = client.recv(min(1 << 16, expect - len(got)))
+                assert chunk, "the relay closed the connection"
+                got += chunk
             if after is not None:
                 after(client, relay)
-        return got
+        return bytes(got)
     finally:
         relay.terminate()
         relay.wait(10)
         echo.close()
 
 
-def test_bare_relay_pipes_bytes_both_ways():
-    """benchmarks/bare_relay.py, the suite's floor: what the client sends reaches the upstream and
-    what the upstream answers reaches the client, byte for byte (an echo server as upstream)."""
-    assert _through_bare_relay(send=b"hello, relay", answer=lambda d: d[::-1], expect=12) == b"yaler ,olleh"
+def test_bare_relay_pipes_bytes_both_ways(relay_cmd):
+    """benchmarks/bare_relay.py and the C relay, the suite's floors: what the client sends reaches
+    the upstream and what the upstream answers reaches the client, byte for byte (an echo server as
+    upstream)."""
+    assert _through_bare_relay(send=b"hello, relay", answer=lambda d: d[::-1], expect=12,
+                               cmd=relay_cmd) == b"yaler ,olleh"
+
+
+def test_c_relay_holds_back_what_the_client_cannot_take_yet(c_relay):
+    """The C relay's back-pressure: an answer of 32 MiB, more than the sockets on the way buffer,
+    sent to a client that starts reading only a second later, reaches it whole and in order (the
+    rest of a partial write is kept and written when the client's socket has room, and the server
+    is not read meanwhile)."""
+    import os
+
+    big = os.urandom(32 << 20)
+    got = _through_bare_relay(send=b"Q", answer=lambda d: big, expect=len(big), cmd=[str(c_relay)], pause=1)
+    assert got == big
 
 
 def _chained_lines(data: bytes) -> None:
@@ -97,12 +134,22 @@ def test_bare_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path,
     reach the client unchanged.  With --mmap too: the relay is killed (SIGKILL) with the session
     open, as a crash would, and the lines it stored are in the file, followed by the zero bytes of
     the megabyte it reserved."""
+    _record_two_statements_and_crash(tmp_path, ["--record", str(tmp_path), *(["--mmap"] if mapped else [])],
+                                     mapped=mapped)
+
+
+def test_c_relay_record_writes_one_chained_line_per_ready_for_query(tmp_path, c_relay):
+    """The C relay's --record: the same two chained lines, in the file when it is killed with the
+    session open."""
+    _record_two_statements_and_crash(tmp_path, ["--record", str(tmp_path)], cmd=[str(c_relay)])
+
+
+def _record_two_statements_and_crash(tmp_path, args, *, mapped=False, cmd=None) -> None:
     def crash(client, relay):
         relay.kill()
         relay.wait(10)
-    args = ["--record", str(tmp_path), *(["--mmap"] if mapped else [])]
     got = _through_bare_relay(*args, send=b"Q", answer=lambda d: _TWO_STATEMENTS, expect=len(_TWO_STATEMENTS),
-                              after=crash)
+                              after=crash, cmd=cmd)
     assert got == _TWO_STATEMENTS
     files = list(tmp_path.glob("*.jsonl"))
     assert len(files) == 1
