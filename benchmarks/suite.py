@@ -44,6 +44,9 @@ PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
 BARE = "bare-relay"
 BARE_RECORD = "bare-relay-record"   # the bare relay writing one chained line per statement (--record)
+C_RELAY = "c-relay"                 # --c-relay: the bare relay in C (benchmarks/c_relay.c)
+C_RELAY_RECORD = "c-relay-record"   # ... writing the same line per statement
+FLOORS = (BARE, BARE_RECORD, C_RELAY, C_RELAY_RECORD)
 
 
 @dataclass(frozen=True)
@@ -251,16 +254,16 @@ class Results:
 def run(args) -> Results:
     res = Results()
     selected = [w for w in WORKLOADS if not args.only or any(w.key.startswith(o) for o in args.only)]
-    per_run = args.duration + 1.5
-    extra = sum(w.norec * (int(args.norec) + 2 * int(args.bare and w.bare)) for w in selected)
-    estimate = ((len(selected) * 3 + extra) * args.repeat * per_run + (40 if args.idle else 0) + 60
-                + (40 if args.expiry else 0))
-    log(f"{len(selected)} workloads x {args.repeat} repeats x 3 paths x {args.duration} s: "
-        f"about {estimate / 60:.0f} min after setup")
+    floors = 2 * int(args.bare) + 2 * int(args.c_relay)
+    runs = sum(3 + w.norec * (int(args.norec) + floors * int(w.bare)) for w in selected) * args.repeat
+    # measured on the 2-core machine: a pgbench run takes its duration and a little; setup, the idle
+    # sessions and the lag run about 40 s each
+    estimate = runs * (args.duration + 0.2) + (40 if args.idle else 0) + 40 + (40 if args.expiry else 0)
+    log(f"{len(selected)} workloads, {runs} pgbench runs of {args.duration} s: about {estimate / 60:.0f} min")
     t_start = time.monotonic()
     with BenchEnv(scale=args.scale, max_connections=max(200, args.idle + 200), record=not args.no_record,
                   pgbouncer=not args.no_pgbouncer, install=not args.no_install, norec=args.norec,
-                  bare=args.bare, bare_record=args.bare, workers=args.workers) as env:
+                  bare=args.bare, bare_record=args.bare, c_relays=args.c_relay, workers=args.workers) as env:
         res.meta = {"versions": env.versions(), "duration_s": args.duration, "repeat": args.repeat,
                     "workers": args.workers,
                     "scale": args.scale, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -281,8 +284,8 @@ def run(args) -> Results:
             if not w.norec or w.tls:
                 targets.pop(NOREC, None)
             if not w.norec or w.tls or not w.bare:
-                targets.pop(BARE, None)
-                targets.pop(BARE_RECORD, None)
+                for floor in FLOORS:
+                    targets.pop(floor, None)
             pg_args = w.pgbench_args(args.duration, scripts)
             res.meta["commands"][w.key] = "pgbench " + " ".join(
                 a if not w.script or a != str(scripts / w.script) else w.script for a in pg_args)
@@ -348,14 +351,16 @@ def table(res: Results) -> str:
 def norec_table(res: Results) -> str:
     """What each layer costs, where measured: a bare Python relay (no parsing), the same relay
     writing one hash-chained line per statement (the floor under any recording relay in Python),
-    pgwarden with recording off (policy on), pgwarden as run (recording on), each as a ratio to
+    the same two in C (--c-relay: what a compiled relay would keep), pgwarden with recording off (policy on), pgwarden as run (recording on), each as a ratio to
     PgBouncer."""
-    measured = [w for w in WORKLOADS if res.median(w.key, BARE) is not None or res.median(w.key, NOREC) is not None]
+    measured = [w for w in WORKLOADS if any(res.median(w.key, k) is not None for k in (*FLOORS, NOREC))]
     if not measured:
         return ""
     cols = [(k, label, short) for k, label, short in (
         (BARE, "bare Python relay", "bare"),
         (BARE_RECORD, "bare relay + a chained line per statement", "bare+line"),
+        (C_RELAY, "bare C relay", "C"),
+        (C_RELAY_RECORD, "C relay + a chained line per statement", "C+line"),
         (NOREC, "pgwarden, recording off", "off"),
         ("pgwarden", "pgwarden, recording on", "on")) if any(res.median(w.key, k) is not None for w in measured)]
     rows = ["| workload | -c | PgBouncer | " + " | ".join(label for _, label, _ in cols) + " | "
@@ -408,7 +413,8 @@ def chart(res: Results, path: Path) -> bool:
               ("pgwarden / PgBouncer", "pgwarden", "pgbouncer", colors["pgbouncer"]),
               ("pgwarden, recording off / PgBouncer", NOREC, "pgbouncer", "#ff9896"),
               ("bare Python relay / PgBouncer", BARE, "pgbouncer", "#2ca02c"),
-              ("bare relay + a chained line per statement / PgBouncer", BARE_RECORD, "pgbouncer", "#98df8a")]
+              ("bare relay + a chained line per statement / PgBouncer", BARE_RECORD, "pgbouncer", "#98df8a"),
+              ("C relay + a chained line per statement / PgBouncer", C_RELAY_RECORD, "pgbouncer", "#9467bd")]
     series = [(label, [_ratio(res.median(w.key, a), res.median(w.key, b)) or 0 for w in allw], color)
               for label, a, b, color in series]
     series = [x for x in series if any(x[1])]
@@ -449,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bare", dest="bare", action="store_false",
                     help="skip the bare Python relay (benchmarks/bare_relay.py), alone and with --record, "
                          "measured on the -c 8 workloads")
+    ap.add_argument("--c-relay", action="store_true",
+                    help="also the bare relay in C (benchmarks/c_relay.c), alone and with --record, on the "
+                         "workloads the bare Python relay runs (skipped where it does not build)")
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")

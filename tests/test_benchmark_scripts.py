@@ -195,6 +195,21 @@ def test_layer_table_gives_each_layer_as_a_ratio_to_pgbouncer():
     assert norec_table(Results(runs={"select-only-prepared-c8": {"pgbouncer": [1], "pgwarden": [1]}})) == ""
 
 
+def test_layer_table_gives_the_c_relays_beside_the_python_ones():
+    """--c-relay: the C relay and the C relay with the line, each its own column, after the Python
+    floors, as ratios to PgBouncer; a run of only the C floors still gives the table."""
+    from benchmarks.suite import BARE, C_RELAY, C_RELAY_RECORD, Results, norec_table
+
+    res = Results(runs={"select-only-prepared-c8": {"pgbouncer": [100], BARE: [90], C_RELAY: [130],
+                                                    C_RELAY_RECORD: [95], "pgwarden": [70]}})
+    rows = norec_table(res).splitlines()
+    assert rows[0].split("|")[3:7] == [" PgBouncer ", " bare Python relay ", " bare C relay ",
+                                       " C relay + a chained line per statement "]
+    assert rows[2].rstrip(" |").split(" | ")[-4:] == ["0.90", "1.30", "0.95", "0.70"]
+    only_c = Results(runs={"select-only-prepared-c8": {"pgbouncer": [100], C_RELAY_RECORD: [95], "pgwarden": [70]}})
+    assert "C relay + a chained line" in norec_table(only_c)
+
+
 def test_parts_hooks_switch_one_part_off_and_back(tmp_path, monkeypatch):
     """benchmarks/parts.py's two extra pgwardens: 'no-records' keeps the recorder's own records
     but writes nothing per statement; 'no-tracker' leaves a session without tracker or server hook.
