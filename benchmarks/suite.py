@@ -351,8 +351,8 @@ def table(res: Results) -> str:
 def norec_table(res: Results) -> str:
     """What each layer costs, where measured: a bare Python relay (no parsing), the same relay
     writing one hash-chained line per statement (the floor under any recording relay in Python),
-    the same two in C (--c-relay: what a compiled relay would keep), pgwarden with recording off (policy on), pgwarden as run (recording on), each as a ratio to
-    PgBouncer."""
+    the same two in C (--c-relay: what a compiled relay would keep), pgwarden with recording off
+    (policy on), pgwarden as run (recording on), each as a ratio to PgBouncer."""
     measured = [w for w in WORKLOADS if any(res.median(w.key, k) is not None for k in (*FLOORS, NOREC))]
     if not measured:
         return ""

@@ -47,8 +47,9 @@ def _through_bare_relay(*args: str, send: bytes, answer, expect: int, after=None
                         pause: float = 0) -> bytes:
     """Send ``send`` through benchmarks/bare_relay.py (or the relay ``cmd`` runs), with ``args``, to
     a one-connection upstream that replies ``answer(data)``; return the first ``expect`` bytes the
-    client gets back, read ``pause`` seconds after sending.  With ``after``, ``after(client, relay)`` runs then, with the client still
-    connected (the socket and the relay's Popen); the relay is stopped last (SIGTERM)."""
+    client gets back, read ``pause`` seconds after sending.  With ``after``, ``after(client,
+    relay)`` runs then, with the client still connected (the socket and the relay's Popen); the
+    relay is stopped last (SIGTERM)."""
     import socket
     import threading
     import time
