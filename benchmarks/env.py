@@ -418,16 +418,14 @@ pidfile = {d}/pgbouncer.pid
             out[f"pgwarden-{part}"] = dict(out["pgwarden"], PGPORT=str(self.part_procs[part].port))
         if self.baseline_proc is not None:
             out["pgwarden-baseline"] = dict(out["pgwarden"], PGPORT=str(self.baseline_proc.port))
-        if self.bare_relay is not None:             # logs in upstream as the direct path does, through it
-            out["bare-relay"] = dict(out["direct"], PGPORT=str(self.bare_relay.port))
-        if self.bare_relay_record is not None:
-            out["bare-relay-record"] = dict(out["direct"], PGPORT=str(self.bare_relay_record.port))
-        if self.bare_relay_record_mmap is not None:
-            out["bare-relay-record-mmap"] = dict(out["direct"], PGPORT=str(self.bare_relay_record_mmap.port))
-        for proc in (self.c_relay, self.c_relay_record):
-            if proc is not None:
-                out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
+        for proc in self.relays():                  # logs in upstream as the direct path does, through it
+            out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
         return out
+
+    def relays(self) -> list[Proc]:
+        """The bare relays running (Python and C, alone and recording); each Proc's name is its path's."""
+        return [p for p in (self.bare_relay, self.bare_relay_record, self.bare_relay_record_mmap, self.c_relay,
+                            self.c_relay_record) if p is not None]
 
     def versions(self) -> dict[str, str]:
         import platform

@@ -93,10 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             pids["pgwarden-baseline"] = env.baseline_proc.pid
         if env.bouncer is not None:
             pids["pgbouncer"] = env.bouncer.pid
-        for proc in (env.bare_relay, env.bare_relay_record, env.bare_relay_record_mmap, env.c_relay,
-                     env.c_relay_record):
-            if proc is not None:
-                pids[proc.name] = proc.pid
+        for proc in env.relays():
+            pids[proc.name] = proc.pid
         order = [name for name in LABELS if name in targets and name in pids]
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
