@@ -6,8 +6,8 @@
 
 Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
 as shipped, pgwarden with recording off, and one pgwarden per part of the
-recording switched off (benchmarks/parts_hooks.py: ``no-tracker``,
-``no-records``), runs the same pgbench workload through each in turn
+recording switched off or reordered (benchmarks/parts_hooks.py: ``no-tracker``,
+``no-records``, ``forward-first``), runs the same pgbench workload through each in turn
 (interleaved, repeated) and prints, per path, the median TPS, its ratio to
 PgBouncer, and the proxy process's user and system CPU per transaction
 (``/proc/<pid>/stat`` around each run).  docs/benchmarks.md has a run.
@@ -42,6 +42,7 @@ LABELS = {
     "pgwarden-norec": "pgwarden, recording off",
     "pgwarden-no-tracker": "recorder open, no statement tracker",
     "pgwarden-no-records": "tracker on, statement records not built",
+    "pgwarden-forward-first": "recording on, a read forwarded before its records are written (not shipped)",
     "pgwarden": "pgwarden, recording on (as shipped)",
     "pgwarden-baseline": "pgwarden, recording on, --baseline tree",
 }

@@ -11,7 +11,14 @@ processes with ``PYTHONPATH`` pointing at ``benchmarks/parts_site`` (whose
   statement paired with its outcome) and hands each statement to the
   recorder, which builds and writes nothing (the compiled statement sink,
   which would write without calling ``SessionRecorder.statement``, is
-  switched off: the tracker's emit is the Python ``_write_statement``).
+  switched off: the tracker's emit is the Python ``_write_statement``);
+- ``forward-first``: everything recorded as shipped, but a read of server
+  bytes is forwarded to the client *before* the records of the statements
+  it ends are written (one ``write(2)`` right after), where pgwarden writes
+  them before.  What that order would buy; pgwarden does not ship it: a
+  client would see answers whose records are not yet written, and, if that
+  write fails, answers to statements that were never recorded (DESIGN.md's
+  "nothing runs unrecorded", docs/security.md).
 
 Never use these in production: a recording made under them is incomplete
 by design.  ``apply`` returns a function that undoes the patch (for tests).
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-PARTS = ("no-tracker", "no-records")
+PARTS = ("no-tracker", "no-records", "forward-first")
 ENV = "PGWARDEN_BENCH_PART"
 
 
@@ -55,4 +62,28 @@ def apply(part: str) -> Callable[[], None]:
             SessionRecorder.statement = original_statement
             writer.statement_sink = original_sink
         return undo_records
+    if part == "forward-first":
+        from proxy.audit import writer
+        from proxy.net.client_conn import ClientConn
+        original_on_server_data = ClientConn.on_server_data
+
+        def forward_then_record(self, data: bytes) -> None:
+            rec = self.recorder
+            if rec is None or self.phase == "CLOSED":
+                return original_on_server_data(self, data)
+            rec.hold()
+            try:
+                data = self.stream.feed(data)
+                if data:
+                    self.transport_write(data)
+            finally:
+                writer.release(rec)
+            if self.pending_notices and self.stream.at_boundary:
+                self.transport_write(b"".join(self.pending_notices))
+                self.pending_notices.clear()
+        ClientConn.on_server_data = forward_then_record
+
+        def undo_order() -> None:
+            ClientConn.on_server_data = original_on_server_data
+        return undo_order
     raise ValueError(f"unknown part {part!r}: one of {', '.join(PARTS)}")

@@ -253,6 +253,43 @@ def test_parts_hooks_switch_one_part_off_and_back(tmp_path, monkeypatch):
         apply("no-such-part")
 
 
+def test_parts_hook_forward_first_forwards_a_read_before_writing_its_records(tmp_path):
+    """'forward-first' (what writing the records after the answer would buy): the client's write comes
+    before the records of the statements that read ends reach the file, and the recording is still
+    whole and verifies. pgwarden as shipped writes them first (tests/audit/test_held.py)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from benchmarks.parts_hooks import apply
+    from proxy.audit.verify import verify
+    from proxy.net.client_conn import ClientConn
+    from tests.audit.test_held import answers, pipeline, recording_conn
+
+    key = Ed25519PrivateKey.generate()
+    shipped = ClientConn.on_server_data
+    undo = apply("forward-first")
+    try:
+        c = recording_conn(tmp_path, key)
+        c.data_received(pipeline(3))
+        on_disk_when_forwarded = []
+        forward = c.transport.write
+
+        def write(data):
+            on_disk_when_forwarded.append(c.recorder.path.read_bytes().count(b"\n"))
+            forward(data)
+        c.transport.write = write
+        c.on_server_data(b"".join(answers(3)))
+        assert on_disk_when_forwarded == [1]                 # session_start only: the answers went first
+        assert c.recorder.path.read_bytes().count(b"\n") == 4 and c.recorder._held is None
+        assert b"".join(c.transport.writes) == b"".join(answers(3))
+        path = c.recorder.path
+        ClientConn._end_recording(c)
+        report = verify(path, {"rec": key.public_key()})
+        assert report.ok and report.statements == 3
+    finally:
+        undo()
+    assert ClientConn.on_server_data is shipped
+
+
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     from benchmarks.parts import table
 
