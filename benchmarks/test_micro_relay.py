@@ -9,7 +9,13 @@ Not collected by ``./dev test``; not run by CI.
 - server->client header walk: ``ServerStream.feed`` over a 256 KiB chunk of
   DataRows (a large result), with the compiled walk and the pure-Python
   reference, and over one select-only answer (the per-transaction cost);
-- decoding what policy needs: a Query's text, a Parse.
+- decoding what policy needs: a Query's text, a Parse;
+- one -M prepared transaction through the whole relay (``ClientConn``'s
+  ``data_received`` with Bind/Execute/Sync, ``on_server_data`` with the
+  answer), recording off and on, with transports that drop what they are
+  given: the Python (and compiled) path pgwarden runs per statement, without
+  the event loop and the sockets.  Its session comes from the tests' helpers
+  (tests/wire/test_walk_client.py, tests/audit/test_held.py).
 """
 
 from __future__ import annotations
@@ -75,6 +81,49 @@ def test_server_stream_select_answer(benchmark, walk, monkeypatch):
     monkeypatch.setattr(server_stream, "skip_messages", walk)
     stream = ServerStream(lambda body: None)
     assert benchmark(stream.feed, SELECT_ANSWER) is SELECT_ANSWER
+
+
+class _Dropped:
+    """A transport that takes every write and keeps nothing."""
+
+    def write(self, data) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+PREPARE_TX = (_msg(b"P", b"P0_1\x00SELECT abalance FROM pgbench_accounts WHERE aid = $1;\x00\x00\x01\x00\x00\x00\x17")
+              + PREPARED_TX)
+PREPARE_ANSWER = b"".join(encode.message(t, b) for t, b in (
+    (b"1", b""), (b"2", b""), (b"T", b"\x00\x00"), (b"C", b"SELECT 1\x00"), (b"Z", b"I")))
+PREPARED_ANSWER = b"".join(encode.message(t, b) for t, b in (
+    (b"2", b""), (b"D", b"\x00\x01\x00\x00\x00\x041234"), (b"C", b"SELECT 1\x00"), (b"Z", b"I")))
+
+
+@pytest.mark.parametrize("recording", [False, True], ids=["recording-off", "recording-on"])
+def test_relay_one_prepared_transaction(benchmark, recording, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.audit.test_held import recording_conn
+    from tests.wire.test_walk_client import make_conn
+
+    conn = recording_conn(tmp_path, Ed25519PrivateKey.generate()) if recording else make_conn(None)
+    conn.transport = conn.up_transport = _Dropped()
+    conn.data_received(PREPARE_TX)
+    conn.on_server_data(PREPARE_ANSWER)
+
+    calls = []
+
+    def one():
+        calls.append(1)
+        conn.data_received(PREPARED_TX)
+        conn.on_server_data(PREPARED_ANSWER)
+
+    benchmark(one)
+    assert conn.phase == "RELAY" and conn.stream.ready_count == len(calls) + 1
+    if recording:                 # session_start, the PREPARE's statement, then one per transaction
+        assert not conn.recorder.failed and conn.recorder.records == len(calls) + 2
 
 
 def test_decode_query(benchmark):
