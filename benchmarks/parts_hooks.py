@@ -18,7 +18,9 @@ processes with ``PYTHONPATH`` pointing at ``benchmarks/parts_site`` (whose
   them before.  What that order would buy; pgwarden does not ship it: a
   client would see answers whose records are not yet written, and, if that
   write fails, answers to statements that were never recorded (DESIGN.md's
-  "nothing runs unrecorded", docs/security.md).
+  "nothing runs unrecorded", docs/security.md).  A protocol error from the
+  server propagates out of ``data_received`` here (the benchmark's server
+  sends none), where pgwarden ends the session with a FATAL.
 
 Never use these in production: a recording made under them is incomplete
 by design.  ``apply`` returns a function that undoes the patch (for tests).
