@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -137,20 +138,36 @@ def pgbench_path() -> str:
     return exe
 
 
-def build_c_relay(out: Path) -> Path | None:
-    """benchmarks/c_relay.c compiled to ``out``; None (and a line saying why) where there is no C
-    compiler or no libcrypto to build it with."""
+def _cc(what: str, args: list[str]) -> bool:
+    """Run the machine's C compiler with ``args``; False (and a line saying why) where there is
+    none or it fails, and ``what``'s paths are then skipped."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        log("no C compiler: the C relay's paths are skipped")
-        return None
-    proc = subprocess.run([cc, "-O2", "-o", str(out), str(ROOT / "benchmarks" / "c_relay.c"), "-lcrypto"],
-                          capture_output=True, text=True)
+        log(f"no C compiler: {what}'s paths are skipped")
+        return False
+    proc = subprocess.run([cc, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        log(f"the C relay did not build ({err}): its paths are skipped")
-        return None
-    return out
+        log(f"{what} did not build ({err}): its paths are skipped")
+        return False
+    return True
+
+
+def build_c_relay(out: Path) -> Path | None:
+    """benchmarks/c_relay.c compiled to ``out``; None where there is no C compiler or no libcrypto
+    to build it with."""
+    ok = _cc("the C relay", ["-O2", "-o", str(out), str(ROOT / "benchmarks" / "c_relay.c"), "-lcrypto"])
+    return out if ok else None
+
+
+def build_glue_proto(out_dir: Path) -> Path | None:
+    """benchmarks/glue_proto.c compiled into ``out_dir`` as the module ``_glue_proto`` for this
+    Python (parts_hooks' "compiled-glue"); ``out_dir``, or None where it does not build."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"_glue_proto{sysconfig.get_config_var('EXT_SUFFIX')}"
+    ok = _cc("the compiled glue", ["-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}", "-o",
+                                   str(target), str(ROOT / "benchmarks" / "glue_proto.c")])
+    return out_dir if ok else None
 
 
 def recording_supported() -> bool:
@@ -251,6 +268,11 @@ class BenchEnv:
             self.pgwarden_norec = self._start_pgwarden(roles, kp, "pgwarden-norec", False)
         for part in self.parts:
             site = str(ROOT / "benchmarks" / "parts_site")
+            if part == "compiled-glue":
+                built = build_glue_proto(self.work / "glue")
+                if built is None:
+                    continue
+                site = os.pathsep.join((site, str(built)))
             self.part_procs[part] = self._start_pgwarden(roles, kp, f"pgwarden-{part}", self.recording, env={
                 "PGWARDEN_BENCH_PART": part,
                 "PYTHONPATH": os.pathsep.join(filter(None, (site, os.environ.get("PYTHONPATH"))))})

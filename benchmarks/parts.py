@@ -43,6 +43,7 @@ LABELS = {
     "pgwarden-no-tracker": "recorder open, no statement tracker",
     "pgwarden-no-records": "tracker on, statement records not built",
     "pgwarden-forward-first": "recording on, a read forwarded before its records are written (not shipped)",
+    "pgwarden-compiled-glue": "recording on, the per-read glue in C (benchmarks/glue_proto.c, not shipped)",
     "pgwarden": "pgwarden, recording on (as shipped)",
     "pgwarden-baseline": "pgwarden, recording on, --baseline tree",
 }

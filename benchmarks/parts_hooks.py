@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-PARTS = ("no-tracker", "no-records", "forward-first")
+PARTS = ("no-tracker", "no-records", "forward-first", "compiled-glue")
 ENV = "PGWARDEN_BENCH_PART"
 
 
@@ -88,4 +88,35 @@ def apply(part: str) -> Callable[[], None]:
         def undo_order() -> None:
             ClientConn.on_server_data = original_on_server_data
         return undo_order
+    if part == "compiled-glue":
+        return _compiled_glue()
     raise ValueError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
+
+
+def _compiled_glue() -> Callable[[], None]:
+    """ClientConn's and UpstreamProtocol's per-read methods replaced by benchmarks/glue_proto.c's."""
+    import _glue_proto  # built by benchmarks.env.build_glue_proto, on PYTHONPATH
+
+    from proxy.audit import writer
+    from proxy.net import client_conn
+    from proxy.net.upstream import UpstreamProtocol
+    from proxy.wire import framing, server_stream
+
+    ClientConn = client_conn.ClientConn
+    if framing.walk_client_c is None or server_stream.walk_server is None or writer.release_c is None:
+        raise RuntimeError("compiled-glue needs pgwarden's compiled walks and release")
+    originals = (ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received)
+
+    def notices(self) -> None:                  # on_server_data's last lines, when notices wait
+        if self.stream.at_boundary:
+            self.transport_write(b"".join(self.pending_notices))
+            self.pending_notices.clear()
+    _glue_proto.configure(framing.walk_client, server_stream.walk_server, writer.release, client_conn._WALK_STOP,
+                          client_conn._WALK_STOP_BIND, originals[0], originals[1], notices)
+    ClientConn.data_received = _glue_proto.client_data_received
+    ClientConn.on_server_data = _glue_proto.on_server_data
+    UpstreamProtocol.data_received = _glue_proto.upstream_data_received
+
+    def undo() -> None:
+        ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received = originals
+    return undo

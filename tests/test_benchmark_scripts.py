@@ -290,6 +290,59 @@ def test_parts_hook_forward_first_forwards_a_read_before_writing_its_records(tmp
     assert ClientConn.on_server_data is shipped
 
 
+def test_parts_hook_compiled_glue_relays_and_records_as_shipped(tmp_path, monkeypatch):
+    """'compiled-glue' (benchmarks/glue_proto.c: what compiling the per-read glue would buy) relays the
+    same bytes both ways and records the same statements: whole reads taken in C, a server read split
+    mid-message and a pipeline handed back to the shipped methods; undo restores them."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from benchmarks.env import build_glue_proto
+    from benchmarks.parts_hooks import apply
+    from benchmarks.test_micro_relay import PREPARE_ANSWER, PREPARE_TX, PREPARED_ANSWER, PREPARED_TX
+    from proxy.audit.verify import verify
+    from proxy.net.client_conn import ClientConn
+    from proxy.net.upstream import UpstreamProtocol
+    from proxy.wire import framing
+    from tests.audit.test_held import answers, pipeline, recording_conn
+
+    if framing.walk_client_c is None:
+        pytest.skip("pgwarden's C extensions are not built")
+    built = build_glue_proto(tmp_path / "glue")
+    if built is None:
+        pytest.skip("benchmarks/glue_proto.c does not build here")
+    monkeypatch.syspath_prepend(str(built))
+    shipped = (ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received)
+    key = Ed25519PrivateKey.generate()
+    undo = apply("compiled-glue")
+    try:
+        assert ClientConn.data_received is not shipped[0]
+        c = recording_conn(tmp_path, key)
+        c.data_received(PREPARE_TX)
+        UpstreamProtocol(c).data_received(PREPARE_ANSWER)
+        for _ in range(50):
+            c.data_received(PREPARED_TX)
+            c.on_server_data(PREPARED_ANSWER)
+        c.data_received(PREPARED_TX[:7])                       # a read cut mid-message, then the rest
+        c.data_received(PREPARED_TX[7:])
+        c.on_server_data(PREPARED_ANSWER)
+        c.data_received(PREPARED_TX + pipeline(3))             # walked in C up to the Parse, the rest shipped
+        four = PREPARED_ANSWER + b"".join(answers(3))
+        c.on_server_data(four[:30])
+        c.on_server_data(four[30:])
+        assert b"".join(w for w in c.up_transport.writes if isinstance(w, bytes)) == \
+            PREPARE_TX + PREPARED_TX * 52 + pipeline(3)
+        assert b"".join(w for w in c.transport.writes if isinstance(w, bytes)) == \
+            PREPARE_ANSWER + PREPARED_ANSWER * 51 + four
+        assert c.sync_points == c.stream.ready_count == 54
+        path = c.recorder.path
+        ClientConn._end_recording(c)
+        report = verify(path, {"rec": key.public_key()})
+        assert report.ok and report.statements == 1 + 52 + 3
+    finally:
+        undo()
+    assert (ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received) == shipped
+
+
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     from benchmarks.parts import table
 
