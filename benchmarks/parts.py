@@ -3,11 +3,13 @@
     python -m benchmarks.parts                      # select-only -M prepared -c 8, 5 x 6 s
     python -m benchmarks.parts --duration 8 --repeat 3 --mode simple
     python -m benchmarks.parts --baseline /tmp/before    # also the code of another checkout
+    python -m benchmarks.parts --parts compiled-glue --clients 1   # only that part beside the paths
 
 Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
 as shipped, pgwarden with recording off, and one pgwarden per part of the
-recording switched off or reordered (benchmarks/parts_hooks.py: ``no-tracker``,
-``no-records``, ``forward-first``), runs the same pgbench workload through each in turn
+recording switched off, reordered or compiled (benchmarks/parts_hooks.py:
+``no-tracker``, ``no-records``, ``forward-first``, ``compiled-glue``;
+``--parts`` picks), runs the same pgbench workload through each in turn
 (interleaved, repeated) and prints, per path, the median TPS, its ratio to
 PgBouncer, and the proxy process's user and system CPU per transaction
 (``/proc/<pid>/stat`` around each run).  docs/benchmarks.md has a run.
@@ -85,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                          "(benchmarks/bare_relay.py --record), and storing it into a mapping of the file "
                          "(--record --mmap): the floors under pgwarden's two halves, and what write(2) costs; "
                          "and the C relay (benchmarks/c_relay.c), alone and with --record, where it builds")
+    ap.add_argument("--parts", default=",".join(PARTS), type=lambda v: tuple(filter(None, v.split(","))),
+                    help=f"the parts to run, comma-separated (default all: {','.join(PARTS)}; '' for none)")
     args = ap.parse_args(argv)
-    with BenchEnv(norec=True, parts=PARTS, baseline=args.baseline, bare=args.bare, bare_record=args.bare,
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, bare=args.bare, bare_record=args.bare,
                   bare_record_mmap=args.bare, c_relays=args.bare) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,

@@ -343,6 +343,14 @@ def test_parts_hook_compiled_glue_relays_and_records_as_shipped(tmp_path, monkey
     assert (ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received) == shipped
 
 
+def test_parts_refuses_an_unknown_part_before_starting_anything(capsys):
+    from benchmarks.parts import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--parts", "no-tracker,no-such-part"])
+    assert e.value.code == 2 and "unknown no-such-part" in capsys.readouterr().err
+
+
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     from benchmarks.parts import table
 
