@@ -195,6 +195,10 @@ client_data_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         Py_CLEAR(result);
     }
+    if (pos == 0) {                     /* nothing walked: the whole read to the shipped method */
+        result = call_fallback(py_client, self, data);
+        goto done;
+    }
     if ((out = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + pos, n - pos)) == NULL)
         goto done;
     result = call_fallback(py_client, self, out);
