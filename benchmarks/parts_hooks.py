@@ -1,4 +1,4 @@
-"""Switch one part of the session recording off inside a pgwarden process, to measure it apart.
+"""Switch one part of the session recording off (or reorder it, or compile the relay's glue) in one pgwarden process.
 
 Used only by ``benchmarks/parts.py``: it starts extra ``pgwarden serve``
 processes with ``PYTHONPATH`` pointing at ``benchmarks/parts_site`` (whose
@@ -21,6 +21,10 @@ processes with ``PYTHONPATH`` pointing at ``benchmarks/parts_site`` (whose
   "nothing runs unrecorded", docs/security.md).  A protocol error from the
   server propagates out of ``data_received`` here (the benchmark's server
   sends none), where pgwarden ends the session with a FATAL.
+- ``compiled-glue``: ``ClientConn.data_received``, ``ClientConn.on_server_data``
+  and ``UpstreamProtocol.data_received`` replaced by benchmarks/glue_proto.c's
+  (built by ``benchmarks.env.build_glue_proto``): what compiling the relay's
+  per-read glue would buy.  Its limits are in that file's header.
 
 Never use these in production: a recording made under them is incomplete
 by design.  ``apply`` returns a function that undoes the patch (for tests).
@@ -80,9 +84,8 @@ def apply(part: str) -> Callable[[], None]:
                     self.transport_write(data)
             finally:
                 writer.release(rec)
-            if self.pending_notices and self.stream.at_boundary:
-                self.transport_write(b"".join(self.pending_notices))
-                self.pending_notices.clear()
+            if self.pending_notices:
+                _flush_notices(self)
         ClientConn.on_server_data = forward_then_record
 
         def undo_order() -> None:
@@ -91,6 +94,13 @@ def apply(part: str) -> Callable[[], None]:
     if part == "compiled-glue":
         return _compiled_glue()
     raise ValueError(f"unknown part {part!r}: one of {', '.join(PARTS)}")
+
+
+def _flush_notices(conn) -> None:
+    """ClientConn.on_server_data's last lines, for a session with notices waiting."""
+    if conn.stream.at_boundary:
+        conn.transport_write(b"".join(conn.pending_notices))
+        conn.pending_notices.clear()
 
 
 def _compiled_glue() -> Callable[[], None]:
@@ -106,13 +116,8 @@ def _compiled_glue() -> Callable[[], None]:
     if framing.walk_client_c is None or server_stream.walk_server is None or writer.release_c is None:
         raise RuntimeError("compiled-glue needs pgwarden's compiled walks and release")
     originals = (ClientConn.data_received, ClientConn.on_server_data, UpstreamProtocol.data_received)
-
-    def notices(self) -> None:                  # on_server_data's last lines, when notices wait
-        if self.stream.at_boundary:
-            self.transport_write(b"".join(self.pending_notices))
-            self.pending_notices.clear()
     _glue_proto.configure(framing.walk_client, server_stream.walk_server, writer.release, client_conn._WALK_STOP,
-                          client_conn._WALK_STOP_BIND, originals[0], originals[1], notices)
+                          client_conn._WALK_STOP_BIND, originals[0], originals[1], _flush_notices)
     ClientConn.data_received = _glue_proto.client_data_received
     ClientConn.on_server_data = _glue_proto.on_server_data
     UpstreamProtocol.data_received = _glue_proto.upstream_data_received
