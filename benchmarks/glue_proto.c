@@ -69,6 +69,18 @@ truth_steal(PyObject *obj)
     return r;
 }
 
+/* setattr(o, name, value), stealing value; 0, or -1 with an exception set (value NULL included) */
+static int
+set_steal(PyObject *o, PyObject *name, PyObject *value)
+{
+    int r;
+    if (value == NULL)
+        return -1;
+    r = PyObject_SetAttr(o, name, value);
+    Py_DECREF(value);
+    return r;
+}
+
 /* 1 when getattr(o, name) is None, 0 when not, -1 on error */
 static int
 is_none_attr(PyObject *o, PyObject *name)
@@ -163,15 +175,11 @@ client_data_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if ((pos == -1 || syncs == -1) && PyErr_Occurred())
         goto done;
     if (syncs) {
-        PyObject *cur = GET(self, s_sync_points), *sum;
+        PyObject *cur = GET(self, s_sync_points);
         if (cur == NULL)
             goto done;
-        sum = PyNumber_Add(cur, PyTuple_GET_ITEM(res, 1));
+        r = set_steal(self, s_sync_points, PyNumber_Add(cur, PyTuple_GET_ITEM(res, 1)));
         Py_DECREF(cur);
-        if (sum == NULL)
-            goto done;
-        r = PyObject_SetAttr(self, s_sync_points, sum);
-        Py_DECREF(sum);
         if (r < 0)
             goto done;
     }
@@ -254,15 +262,8 @@ server_data(PyObject *self, PyObject *data)
     /* rec.hold() */
     if ((v = GET(rec, s_held)) == NULL)
         goto done;
-    if (v == Py_None) {
-        PyObject *list = PyList_New(0);
-        if (list == NULL)
-            goto done;
-        r = PyObject_SetAttr(rec, s_held, list);
-        Py_DECREF(list);
-        if (r < 0)
-            goto done;
-    }
+    if (v == Py_None && set_steal(rec, s_held, PyList_New(0)) < 0)
+        goto done;
     held = 1;
     if ((pos0 = PyLong_FromLong(0)) == NULL)
         goto done;
