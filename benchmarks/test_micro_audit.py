@@ -2,8 +2,8 @@
 
     python -m pytest benchmarks/test_micro_audit.py --benchmark-only
 
-Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); not run
-by CI.  Target (issue 6): one ``statement()`` record written, flushed to the
+Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); CI runs it
+once untimed (tests/test_bench_layout.py), never measures it.  Target (issue 6): one ``statement()`` record written, flushed to the
 kernel, in well under 50 us, so the recorder never slows the relay.  What
 ``statement()`` costs is: building the record, ``iso_ts``, the introspection
 pre-check, ``orjson.dumps`` with sorted keys, one SHA-256, one buffered write
@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks import median_s
 from proxy.audit import record as R
 from proxy.audit.config import AuditConfig
 from proxy.audit.introspection import is_introspection
@@ -49,7 +50,8 @@ def test_statement_record(benchmark, recorder):
 
     benchmark(one)
     assert not recorder.failed
-    assert benchmark.stats.stats.median < TARGET_S, f"median {benchmark.stats.stats.median * 1e6:.1f} us"
+    median = median_s(benchmark)
+    assert median is None or median < TARGET_S, f"median {median * 1e6:.1f} us"
 
 
 def test_statement_record_denied(benchmark, recorder):
@@ -59,13 +61,15 @@ def test_statement_record_denied(benchmark, recorder):
                            message="pgwarden: DELETE is write class; this grant's scope is read")
 
     benchmark(one)
-    assert benchmark.stats.stats.median < TARGET_S
+    median = median_s(benchmark)
+    assert median is None or median < TARGET_S
 
 
 def test_statement_record_catalog_query(benchmark, recorder):
     """psql's \\d: the introspection check runs on every catalog query (cached by exact text)."""
     benchmark(lambda: recorder.statement(CATALOG_SQL, statement_class="read", tag="SELECT 1"))
-    assert benchmark.stats.stats.median < TARGET_S
+    median = median_s(benchmark)
+    assert median is None or median < TARGET_S
 
 
 def test_chain_line_only(benchmark):

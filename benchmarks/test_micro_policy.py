@@ -2,8 +2,8 @@
 
     python -m pytest benchmarks/test_micro_policy.py --benchmark-only
 
-Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); not run
-by CI.  What a statement costs pgwarden before it is forwarded:
+Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); CI runs it
+once untimed (tests/test_bench_layout.py), never measures it.  What a statement costs pgwarden before it is forwarded:
 
 - classification cold (pglast parse + rules), per statement shape;
 - cached by exact text (extended protocol re-sends the same Parse text);
@@ -23,6 +23,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks import median_s
 from policy import tokens
 from policy.cache import ClassificationCache
 from policy.sql.classify import classify
@@ -70,7 +71,8 @@ def test_cache_masked_hit(benchmark, shape):
     texts = _fresh_texts(shape)
     result = benchmark(lambda: cache.get(next(texts)))
     assert result is not None and cache.masked_hits > 0
-    assert benchmark.stats.stats.median < MASKED_TARGET_S, f"median {benchmark.stats.stats.median * 1e6:.1f} us"
+    median = median_s(benchmark)
+    assert median is None or median < MASKED_TARGET_S, f"median {median * 1e6:.1f} us"
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -81,7 +83,8 @@ def test_judge_masked_hit(benchmark, shape):
     texts = _fresh_texts(shape)
     verdict = benchmark(lambda: judge(next(texts), "write", {}))
     assert verdict.allowed
-    assert benchmark.stats.stats.median < MASKED_TARGET_S, f"median {benchmark.stats.stats.median * 1e6:.1f} us"
+    median = median_s(benchmark)
+    assert median is None or median < MASKED_TARGET_S, f"median {median * 1e6:.1f} us"
 
 
 def test_judge_exact_hit(benchmark):
