@@ -170,6 +170,26 @@ def build_glue_proto(out_dir: Path) -> Path | None:
     return out_dir if ok else None
 
 
+#: pgwarden's compiled parts: another interpreter must load this tree's builds of each, or it would
+#: measure the pure-Python fallbacks.
+COMPILED = ("proxy.wire._scan", "proxy.session._track", "proxy.audit._recline", "policy.sql._maskkey")
+
+
+def check_interpreter(python: Path) -> None:
+    """Refuse (SystemExit) an interpreter that cannot run pgwarden from this tree with its compiled parts:
+    it needs pgwarden's dependencies installed, and C extensions built for its ABI."""
+    probe = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]; import uvloop, proxy.cli"
+    try:
+        r = subprocess.run([str(python), "-c", probe, *COMPILED], cwd=str(ROOT), capture_output=True, text=True)
+        last = (r.stderr.strip().splitlines() or ["(no output)"])[-1] if r.returncode else ""
+    except OSError as e:
+        last = str(e)
+    if last:
+        raise SystemExit(f"--python {python}: cannot run pgwarden from {ROOT} with its compiled parts: {last}\n"
+                         f"  give it pgwarden's dependencies (a venv of it: V/bin/pip install -e '{ROOT}'), "
+                         f"and C extensions built for it if its ABI differs (setup.py build_ext --inplace)")
+
+
 def recording_supported() -> bool:
     """True when this pgwarden can record sessions ([audit] section and write_config(record=...))."""
     try:
@@ -203,6 +223,7 @@ class BenchEnv:
     c_relays: bool = False          # also the C relay (benchmarks/c_relay.c), alone and with --record, if it builds
     parts: tuple[str, ...] = ()     # also a pgwarden per part switched off (benchmarks/parts_hooks.PARTS)
     baseline: Path | None = None    # also a pgwarden (recording on) run from this other source tree
+    python: Path | None = None      # also a pgwarden (recording on) run from this tree by this other interpreter
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgwarden-bench-")))
 
     def __post_init__(self) -> None:
@@ -218,8 +239,11 @@ class BenchEnv:
         self.c_relay_record: Proc | None = None
         self.part_procs: dict[str, Proc] = {}
         self.baseline_proc: Proc | None = None
+        self.python_proc: Proc | None = None
         if self.baseline is not None and not (Path(self.baseline) / "proxy" / "__main__.py").is_file():
             raise SystemExit(f"--baseline {self.baseline}: not a pgwarden source tree (no proxy/__main__.py)")
+        if self.python is not None:
+            check_interpreter(Path(self.python))
         self.role = self.password = ""
         self.token = ""
         self.recording = False
@@ -280,6 +304,9 @@ class BenchEnv:
             tree = Path(self.baseline).resolve()
             self.baseline_proc = self._start_pgwarden(roles, kp, "pgwarden-baseline", self.recording, root=tree,
                                                       env={"PYTHONPATH": str(tree)})
+        if self.python is not None:
+            self.python_proc = self._start_pgwarden(roles, kp, "pgwarden-python", self.recording,
+                                                    python=Path(self.python))
         if self.bare:
             self.bare_relay = self._start_bare_relay("bare-relay")
         if self.bare_record:
@@ -334,8 +361,9 @@ class BenchEnv:
         return cert, key
 
     def _start_pgwarden(self, roles, kp, name: str, record: bool, env: dict[str, str] | None = None,
-                        root: Path = ROOT) -> Proc:
-        """One ``pgwarden serve``; ``root``: the source tree it runs from (``-m proxy`` in that directory)."""
+                        root: Path = ROOT, python: Path | None = None) -> Proc:
+        """One ``pgwarden serve``; ``root``: the source tree it runs from (``-m proxy`` in that directory);
+        ``python``: the interpreter (default this one)."""
         port = free_port()
         wdir = self.work / name
         wdir.mkdir()
@@ -347,7 +375,8 @@ class BenchEnv:
         text = cfg.read_text().replace('sslmode = "prefer"', 'sslmode = "disable"')
         cfg.write_text(text)
         log_path = wdir / "pgwarden.log"
-        popen = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(cfg), "--log-level",
+        popen = subprocess.Popen([str(python or sys.executable), "-m", "proxy", "serve", "--config", str(cfg),
+                                  "--log-level",
                                   "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
                                  stderr=open(log_path, "wb"), cwd=str(root),
                                  env=dict(os.environ, **env) if env else None)
@@ -440,6 +469,8 @@ pidfile = {d}/pgbouncer.pid
             out[f"pgwarden-{part}"] = dict(out["pgwarden"], PGPORT=str(self.part_procs[part].port))
         if self.baseline_proc is not None:
             out["pgwarden-baseline"] = dict(out["pgwarden"], PGPORT=str(self.baseline_proc.port))
+        if self.python_proc is not None:
+            out["pgwarden-python"] = dict(out["pgwarden"], PGPORT=str(self.python_proc.port))
         for proc in self.relays():                  # logs in upstream as the direct path does, through it
             out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
         return out
@@ -462,7 +493,7 @@ pidfile = {d}/pgbouncer.pid
         out = {
             "machine": f"{os.cpu_count()} cores, {platform.machine()}, {_cpu_model()}, "
                        f"{_mem_gb():.0f} GB RAM, {platform.system()} {platform.release()}",
-            "python": platform.python_version(),
+            "python": python_build(),
             "postgresql": first_line([str(find_pg_bindir() / "postgres"), "--version"]),
             "pgbench": first_line([pgbench_path(), "--version"]),
             "pglast": pglast.__version__,
@@ -492,6 +523,21 @@ pidfile = {d}/pgbouncer.pid
                 pass
         out["recording"] = "on" if self.recording else "off (no [audit] support)"
         return out
+
+
+def python_build() -> str:
+    """The interpreter that runs pgwarden and the bare relay here: its version, executable, and whether
+    libpython is a shared library or linked into the executable.  The build matters: pgwarden's Python
+    costs 10-15% less per statement under Debian's python3.11 (PGO and LTO, libpython linked in) than
+    under a pyenv build without them (docs/benchmarks.md)."""
+    import platform
+
+    try:
+        shared = "libpython" in Path("/proc/self/maps").read_text()
+    except OSError:
+        shared = bool(sysconfig.get_config_var("Py_ENABLE_SHARED"))
+    return (f"{platform.python_version()} ({os.path.realpath(sys.executable)}, "
+            f"{'libpython shared' if shared else 'libpython linked in'})")
 
 
 def _cpu_model() -> str:

@@ -3,6 +3,7 @@
     python -m benchmarks.parts                      # select-only -M prepared -c 8, 5 x 6 s
     python -m benchmarks.parts --duration 8 --repeat 3 --mode simple
     python -m benchmarks.parts --baseline /tmp/before    # also the code of another checkout
+    python -m benchmarks.parts --parts '' --python /usr/bin/python3.11   # also run by another interpreter
     python -m benchmarks.parts --parts compiled-glue --clients 1   # only that part beside the paths
 
 Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
@@ -18,6 +19,13 @@ PgBouncer, and the proxy process's user and system CPU per transaction
 tree, e.g. ``git worktree add /tmp/before HEAD~3`` with its C extensions
 built (``cd /tmp/before && python setup.py build_ext --inplace``): the
 code before a change and after it, measured in the same run.
+
+``--python PATH`` adds a pgwarden (recording on) run from this tree by
+another interpreter: e.g. a distribution's CPython, built with PGO and LTO,
+beside a pyenv build without them.  It needs pgwarden's dependencies (a venv
+of it with ``pip install -e .``), and this tree's C extensions must load in
+it (the same minor version; otherwise build them for it); it is refused
+before anything starts when they do not.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ LABELS = {
     "pgwarden-compiled-glue": "recording on, the per-read glue in C (benchmarks/glue_proto.c, not shipped)",
     "pgwarden": "pgwarden, recording on (as shipped)",
     "pgwarden-baseline": "pgwarden, recording on, --baseline tree",
+    "pgwarden-python": "pgwarden, recording on, run by the --python interpreter",
 }
 
 
@@ -82,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="also run pgwarden (recording on) from this other source tree")
+    ap.add_argument("--python", type=Path, metavar="PATH",
+                    help="also run pgwarden (recording on) from this tree by this other interpreter (one with "
+                         "pgwarden's dependencies; this tree's C extensions must load in it)")
     ap.add_argument("--bare", action="store_true",
                     help="also the bare Python relay, alone, writing one chained line per statement "
                          "(benchmarks/bare_relay.py --record), and storing it into a mapping of the file "
@@ -93,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
-    with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, bare=args.bare, bare_record=args.bare,
+    with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, python=args.python, bare=args.bare, bare_record=args.bare,
                   bare_record_mmap=args.bare, c_relays=args.bare) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
                 **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
         if env.baseline_proc is not None:
             pids["pgwarden-baseline"] = env.baseline_proc.pid
+        if env.python_proc is not None:
+            pids["pgwarden-python"] = env.python_proc.pid
         if env.bouncer is not None:
             pids["pgbouncer"] = env.bouncer.pid
         for proc in env.relays():

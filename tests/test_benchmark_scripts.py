@@ -351,6 +351,28 @@ def test_parts_refuses_an_unknown_part_before_starting_anything(capsys):
     assert e.value.code == 2 and "unknown no-such-part" in capsys.readouterr().err
 
 
+def test_parts_python_takes_an_interpreter_that_runs_pgwarden_compiled(tmp_path):
+    """--python: this interpreter passes the check (pgwarden's dependencies and this tree's compiled
+    parts load in it); one without the dependencies, or no interpreter at all, is refused before
+    anything starts, with what failed and what to do."""
+    import venv
+
+    from benchmarks.env import check_interpreter
+    from benchmarks.parts import main
+    from proxy.wire import framing
+
+    if framing.walk_client_c is None:
+        pytest.skip("pgwarden's C extensions are not built")
+    check_interpreter(Path(sys.executable))                       # returns: nothing to refuse
+    bare = tmp_path / "bare-venv"
+    venv.create(bare, with_pip=False)                              # the same Python, no site-packages
+    for python, why in ((bare / "bin" / "python", "No module named"), (tmp_path / "no-python", "No such file")):
+        with pytest.raises(SystemExit) as e:
+            main(["--parts", "", "--python", str(python)])
+        assert f"--python {python}: cannot run pgwarden" in str(e.value.code) and why in str(e.value.code)
+        assert "pip install -e" in str(e.value.code)
+
+
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     from benchmarks.parts import table
 
