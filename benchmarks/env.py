@@ -527,9 +527,9 @@ pidfile = {d}/pgbouncer.pid
 
 def python_build() -> str:
     """The interpreter that runs pgwarden and the bare relay here: its version, executable, and whether
-    libpython is a shared library or linked into the executable.  The build matters: pgwarden's Python
-    costs 10-15% less per statement under Debian's python3.11 (PGO and LTO, libpython linked in) than
-    under a pyenv build without them (docs/benchmarks.md)."""
+    libpython is a shared library or linked into the executable.  The build matters: pgwarden spends
+    10-20% less user CPU per statement under Debian's python3.11 (PGO and LTO, libpython linked in)
+    than under a pyenv build without them (docs/benchmarks.md)."""
     import platform
 
     try:
