@@ -376,8 +376,7 @@ class BenchEnv:
         cfg.write_text(text)
         log_path = wdir / "pgwarden.log"
         popen = subprocess.Popen([str(python or sys.executable), "-m", "proxy", "serve", "--config", str(cfg),
-                                  "--log-level",
-                                  "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
+                                  "--log-level", "warning", "--log-format", "json"], stdout=subprocess.DEVNULL,
                                  stderr=open(log_path, "wb"), cwd=str(root),
                                  env=dict(os.environ, **env) if env else None)
         proc = Proc(name, popen, popen.pid, port, log_path)

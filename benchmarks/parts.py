@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.parts) - set(PARTS)
     if unknown:
         ap.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
-    with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, python=args.python, bare=args.bare, bare_record=args.bare,
-                  bare_record_mmap=args.bare, c_relays=args.bare) as env:
+    with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, python=args.python, bare=args.bare,
+                  bare_record=args.bare, bare_record_mmap=args.bare, c_relays=args.bare) as env:
         targets = env.targets()
         pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
                 **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}

@@ -3,8 +3,9 @@
     python -m pytest benchmarks/test_micro_audit.py --benchmark-only
 
 Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); CI runs it
-once untimed (tests/test_bench_layout.py), never measures it.  Target (issue 6): one ``statement()`` record written, flushed to the
-kernel, in well under 50 us, so the recorder never slows the relay.  What
+once untimed (tests/test_bench_layout.py), never measures it.  Target (issue
+6): one ``statement()`` record written, flushed to the kernel, in well under
+50 us, so the recorder never slows the relay.  What
 ``statement()`` costs is: building the record, ``iso_ts``, the introspection
 pre-check, ``orjson.dumps`` with sorted keys, one SHA-256, one buffered write
 and one ``write(2)`` (the flush).  fsync = "statement" adds a disk round trip

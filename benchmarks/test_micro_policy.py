@@ -3,7 +3,8 @@
     python -m pytest benchmarks/test_micro_policy.py --benchmark-only
 
 Not collected by ``./dev test`` (pyproject's testpaths is ``tests``); CI runs it
-once untimed (tests/test_bench_layout.py), never measures it.  What a statement costs pgwarden before it is forwarded:
+once untimed (tests/test_bench_layout.py), never measures it.  What a
+statement costs pgwarden before it is forwarded:
 
 - classification cold (pglast parse + rules), per statement shape;
 - cached by exact text (extended protocol re-sends the same Parse text);

@@ -142,7 +142,8 @@ def test_relay_one_transaction(benchmark, mode, recording, tmp_path):
     from tests.wire.test_walk_client import make_conn
 
     conn = recording_conn(tmp_path, Ed25519PrivateKey.generate()) if recording else make_conn(None)
-    conn.claims = SimpleNamespace(scope="read")
+    if not recording:                                     # recording_conn's claims are in the read scope too
+        conn.claims = SimpleNamespace(scope="read")
     conn.server.gate = PolicyGate(None, Judge())          # the server's gate and judge, as serve builds them
     conn.query_walk = query_walk_context(conn.server.gate, "read")
     conn.transport = conn.up_transport = _Dropped()
