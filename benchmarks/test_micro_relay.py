@@ -125,10 +125,8 @@ SIMPLE_ANSWER = b"".join(encode.message(t, b) for t, b in (
 
 def _simple_queries():
     """pgbench -M simple: the same statement with a new literal every time (no exact-text repeat)."""
-    aid = 0
-    while True:
-        aid += 1
-        yield _msg(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;\x00" % aid)
+    text = b"SELECT abalance FROM pgbench_accounts WHERE aid = %d;\x00"
+    return (_msg(b"Q", text % aid) for aid in itertools.count(1))
 
 
 @pytest.mark.parametrize("recording", [False, True], ids=["recording-off", "recording-on"])
