@@ -117,6 +117,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "structmember.h"
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -604,15 +605,131 @@ static PyObject *int_one = NULL, *int_three = NULL;
 static PyObject *record_module = NULL;    /* proxy.audit.record and proxy.audit.writer, imported at the first call */
 static PyObject *writer_module = NULL;
 
+/* The sink's attribute reads and writes at the attribute's offset, as CPython's own specialized
+ * LOAD_ATTR_SLOT / STORE_ATTR_SLOT do: about 25 reads per statement, each otherwise a generic
+ * lookup (type, descriptor, member) costing as much as building the record's line.
+ *
+ * An entry says: on objects of exactly this type, this name is a __slots__ entry (or a PyMemberDef
+ * of T_OBJECT_EX, as proxy.session._track.Statement's) at this offset, found by looking the name up
+ * in the type's MRO after a generic read had succeeded; valid while the type's version tag is the
+ * one it was found under.  Any change to the type or its bases (a class attribute set or deleted,
+ * __bases__ assigned) resets the tag to 0, so the next access takes the generic path and looks
+ * again.  Types whose tp_getattro (tp_setattro, for writes) is not the generic one, and names that
+ * are not plain object slots (properties, getsets such as Statement.tag, instance dicts), are
+ * never cached: PyObject_GetAttr / PyObject_SetAttr then, as before. */
+typedef struct {
+    PyTypeObject *type;                     /* borrowed: compared by address only, never dereferenced */
+    unsigned int version;
+    Py_ssize_t offset;
+    int writable;
+} SlotEntry;
+
+static SlotEntry slot_cache[N_NAMES][2];    /* two types a name (ended: Statement and SessionRecorder) */
+static unsigned char slot_next[N_NAMES];
+
+static int
+version_valid(PyTypeObject *t)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (!PyType_HasFeature(t, Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+#endif
+    return t->tp_version_tag != 0;
+}
+
+static SlotEntry *
+slot_entry(PyObject *o, int n)
+{
+    PyTypeObject *t = Py_TYPE(o);
+
+    for (int k = 0; k < 2; k++) {
+        SlotEntry *e = &slot_cache[n][k];
+
+        if (e->type == t && e->version == t->tp_version_tag && version_valid(t))
+            return e;
+    }
+    return NULL;
+}
+
+/* After a generic access of o.name succeeded: remember where the slot is, or that it is none
+ * (offset 0: the generic path, without looking again). */
+static void
+slot_learn(PyObject *o, int n)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    PyObject *mro = t->tp_mro, *descr = NULL;
+    PyMemberDef *m;
+    SlotEntry *e;
+
+    if (!version_valid(t))
+        return;
+    e = &slot_cache[n][slot_next[n]];
+    slot_next[n] ^= 1;
+    e->type = t;
+    e->version = t->tp_version_tag;
+    e->offset = 0;
+    e->writable = 0;
+    if (t->tp_getattro != PyObject_GenericGetAttr || mro == NULL || !PyTuple_Check(mro))
+        return;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro) && descr == NULL; i++) {
+        PyObject *dict = ((PyTypeObject *) PyTuple_GET_ITEM(mro, i))->tp_dict;
+
+        if (dict == NULL || !PyDict_Check(dict))
+            return;
+        descr = PyDict_GetItemWithError(dict, name[n]);
+        if (descr == NULL && PyErr_Occurred()) {
+            PyErr_Clear();
+            return;
+        }
+    }
+    if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+        return;
+    m = ((PyMemberDescrObject *) descr)->d_member;
+    if (m->type != T_OBJECT_EX || m->offset <= 0 || (m->flags & PY_AUDIT_READ))
+        return;
+    e->offset = m->offset;
+    e->writable = !(m->flags & READONLY) && t->tp_setattro == PyObject_GenericSetAttr;
+}
+
 /* A new reference to o.name, or NULL with no exception set. */
 static PyObject *
 peek(PyObject *o, int n)
 {
-    PyObject *v = PyObject_GetAttr(o, name[n]);
+    SlotEntry *e = slot_entry(o, n);
+    PyObject *v;
 
+    if (e != NULL && e->offset)              /* NULL in the slot: unset, an AttributeError */
+        return Py_XNewRef(*(PyObject **) ((char *) o + e->offset));
+    v = PyObject_GetAttr(o, name[n]);
     if (v == NULL)
         PyErr_Clear();
+    else if (e == NULL)
+        slot_learn(o, n);
     return v;
+}
+
+/* A new reference to o.name, or NULL with its exception set. */
+static PyObject *
+get(PyObject *o, int n)
+{
+    PyObject *v = peek(o, n);
+
+    return v != NULL ? v : PyObject_GetAttr(o, name[n]);
+}
+
+/* o.name = value (not stolen): 0, or -1 with an exception set. */
+static int
+poke(PyObject *o, int n, PyObject *value)
+{
+    SlotEntry *e = slot_entry(o, n);
+
+    if (e != NULL && e->offset && e->writable) {
+        PyObject **slot = (PyObject **) ((char *) o + e->offset);
+
+        Py_XSETREF(*slot, Py_NewRef(value));
+        return 0;
+    }
+    return PyObject_SetAttr(o, name[n], value);
 }
 
 /* Is o.name exactly want (an immortal-ish singleton: None, True, False)?  No exception either way. */
@@ -648,7 +765,7 @@ is_word(PyObject *o, int w)
 static int
 bump(PyObject *o, int n, PyObject *delta)
 {
-    PyObject *v = PyObject_GetAttr(o, name[n]), *sum;
+    PyObject *v = get(o, n), *sum;
     int r;
 
     if (v == NULL)
@@ -657,7 +774,7 @@ bump(PyObject *o, int n, PyObject *delta)
     Py_DECREF(v);
     if (sum == NULL)
         return -1;
-    r = PyObject_SetAttr(o, name[n], sum);
+    r = poke(o, n, sum);
     Py_DECREF(sum);
     return r;
 }
@@ -712,6 +829,18 @@ modules(void)
         }
     }
     return 0;
+}
+
+/* A new reference to module.name (proxy.audit.record's or writer's), or NULL with an exception set:
+ * its dict first (what the generic lookup finds for these names, without the type's walk). */
+static PyObject *
+module_attr(PyObject *module, int n)
+{
+    PyObject *v = PyDict_GetItemWithError(PyModule_GetDict(module), name[n]);
+
+    if (v != NULL)
+        return Py_NewRef(v);
+    return PyErr_Occurred() ? NULL : PyObject_GetAttr(module, name[n]);
 }
 
 /* write(2) of all of line on fd as SessionRecorder._append does with os.write: 0, or -1 with an exception set. */
@@ -844,7 +973,7 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     used_params = capture ? params : Py_None;
     if (tag != Py_None && rows == Py_None) {
-        func = PyObject_GetAttr(record_module, name[N_ROWS_FROM_TAG]);
+        func = module_attr(record_module, N_ROWS_FROM_TAG);
         if (func == NULL)
             goto error;
         Py_SETREF(rows, PyObject_CallOneArg(func, tag));
@@ -852,7 +981,7 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (rows == NULL)
             goto error;
     }
-    func = PyObject_GetAttr(writer_module, name[N_IS_INTROSPECTION]);
+    func = module_attr(writer_module, N_IS_INTROSPECTION);
     if (func == NULL)
         goto error;
     intro = PyObject_CallOneArg(func, text);
@@ -860,24 +989,24 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (intro == NULL)
         goto error;
     /* The compiled line when record.LINE_IMPL == "c" and record.statement_line_c is this module's. */
-    o = PyObject_GetAttr(record_module, name[N_LINE_IMPL]);
+    o = module_attr(record_module, N_LINE_IMPL);
     if (o == NULL)
         goto error;
     if (is_word(o, V_C)) {
         Py_CLEAR(o);
-        o = PyObject_GetAttr(record_module, name[N_STATEMENT_LINE_C]);
+        o = module_attr(record_module, N_STATEMENT_LINE_C);
         if (o == NULL)
             goto error;
         if (PyCFunction_Check(o) && PyCFunction_GET_FUNCTION(o) == (PyCFunction) (void (*)(void)) statement_line) {
             Py_CLEAR(o);
-            o = PyObject_GetAttr(chain, name[N_SEQ]);
+            o = get(chain, N_SEQ);
             if (o == NULL)
                 goto error;
             seq1 = PyNumber_Add(o, int_one);
             Py_CLEAR(o);
             if (seq1 == NULL)
                 goto error;
-            prev = PyObject_GetAttr(chain, name[N_PREV]);
+            prev = get(chain, N_PREV);
             if (prev == NULL)
                 goto error;
             {
@@ -915,7 +1044,7 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
 
     /* 4. _emit: anything unusual by now goes to the reference's own _emit with the built line. */
-    o = PyObject_GetAttr(rec, name[N_FAILED]);
+    o = get(rec, N_FAILED);
     if (o == NULL)
         goto error;
     if (o == Py_False) {
@@ -933,11 +1062,11 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             line = PyTuple_GET_ITEM(built, 0);
             digest = PyTuple_GET_ITEM(built, 1);
             /* Chain.advance: seq += 1, prev = digest; then _append: kept while held, else written. */
-            o = PyObject_GetAttr(chain, name[N_SEQ]);
+            o = get(chain, N_SEQ);
             if (o != NULL)
                 Py_SETREF(o, PyNumber_Add(o, int_one));
-            if (o == NULL || PyObject_SetAttr(chain, name[N_SEQ], o) < 0
-                || PyObject_SetAttr(chain, name[N_PREV], digest) < 0
+            if (o == NULL || poke(chain, N_SEQ, o) < 0
+                || poke(chain, N_PREV, digest) < 0
                 || (held == Py_None ? append(fd, line) : PyList_Append(held, line)) < 0) {
                 result = fail_recorder(rec);
                 goto done;
@@ -1014,7 +1143,7 @@ release(PyObject *module, PyObject *rec)
     failed = o == Py_True;
     Py_CLEAR(o);
     if (held == Py_None) {
-        if (PyObject_SetAttr(rec, name[N_HELD], Py_None) < 0)
+        if (poke(rec, N_HELD, Py_None) < 0)
             goto done;
         result = Py_NewRef(failed ? Py_False : Py_True);
         goto done;
@@ -1034,7 +1163,7 @@ release(PyObject *module, PyObject *rec)
     if (o == NULL || !PyUnicode_CheckExact(o) || is_word(o, V_STATEMENT))
         goto reference;
     Py_CLEAR(o);
-    if (PyObject_SetAttr(rec, name[N_HELD], Py_None) < 0)
+    if (poke(rec, N_HELD, Py_None) < 0)
         goto done;
     if (n == 0) {
         result = Py_NewRef(Py_True);

@@ -246,6 +246,49 @@ def test_the_introspection_test_is_looked_up_in_the_writer(tmp_path, monkeypatch
     assert b'"introspection":true' in rec.path.read_bytes().splitlines()[-1]
 
 
+def test_slots_read_in_place_follow_the_class_when_it_changes(tmp_path, monkeypatch):
+    """The sink reads the recorder's and the statement's __slots__ at their offsets once it has found
+    them: a class changed since (here SessionRecorder._fsync made a property saying "statement", which
+    the fast path must hand to the reference) is looked up again, and changed back, read in place again."""
+    fallbacks = []
+
+    def fallback(rec, st):
+        fallbacks.append(st.text)
+        return _write_statement(rec, st)
+    rec = recorder(tmp_path, CountingClock())
+    for n in range(3):                  # found, then read in place
+        assert SINK(fallback, rec, make(STATEMENT_CLASSES[0], dict(ORDINARY, text=f"fast {n}"))) is True
+    assert fallbacks == []
+    synced = []
+    monkeypatch.setattr(writer.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(SessionRecorder, "_fsync", property(lambda self: "statement"))
+    assert SINK(fallback, rec, make(STATEMENT_CLASSES[0], dict(ORDINARY, text="synced"))) is None
+    assert fallbacks == ["synced"] and synced == [rec._fd]
+    monkeypatch.undo()
+    assert SINK(fallback, rec, make(STATEMENT_CLASSES[0], dict(ORDINARY, text="fast again"))) is True
+    assert fallbacks == ["synced"]
+    texts = [json.loads(line)["text"] for line in rec.path.read_bytes().splitlines()[1:]]
+    assert texts == ["fast 0", "fast 1", "fast 2", "synced", "fast again"]
+
+
+def test_a_subclass_overriding_a_slot_is_read_as_it_says(tmp_path):
+    """A statement of a subclass whose ``text`` is a property: its own type, read the generic way,
+    after and before statements of the base class whose ``text`` slot is read in place."""
+    class Masked(StatementPy):
+        __slots__ = ()
+        text = property(lambda self: "masked", lambda self, value: None)
+    out = []
+    for compiled in (False, True):
+        rec = recorder(tmp_path / str(compiled), CountingClock())
+        emit = emitter(rec, compiled)
+        for cls in (StatementPy, Masked, StatementPy, Masked):
+            emit(make(cls, ORDINARY))
+        out.append(rec.path.read_bytes())
+        texts = [json.loads(line)["text"] for line in out[-1].splitlines()[1:]]
+        assert texts == [ORDINARY["text"], "masked"] * 2
+    assert out[0] == out[1]
+
+
 def test_records_after_end_or_failure_are_not_written(tmp_path):
     rec = recorder(tmp_path, CountingClock())
     rec.end("client_closed")
