@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
-yaml = pytest.importorskip("yaml")
 
 
 @pytest.fixture(scope="module")
