@@ -79,6 +79,32 @@ def wait_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = No
     raise RuntimeError(f"{what or 'nothing'} listening on {port} after {timeout} s")
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (``serve --workers``' workers), from /proc/<pid>/task/*/children."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by ``pid`` and its child processes, from /proc/<pid>/stat
+    (clock ticks: 10 ms steps, which a few seconds of pgbench make small)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / hz, int(fields[12]) / hz
+    for child in _children(pid):
+        try:
+            u, s = cpu_seconds(child)
+        except OSError:
+            continue
+        user, system = user + u, system + s
+    return user, system
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of ``pid`` and its child processes (``serve --workers``) in KiB (VmRSS)."""
     total = 0
@@ -87,16 +113,11 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 total = int(line.split()[1])
                 break
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for child in _children(pid):
         try:
-            children = (task / "children").read_text().split()
+            total += rss_kb(child)
         except OSError:
-            continue
-        for child in children:
-            try:
-                total += rss_kb(int(child))
-            except OSError:
-                pass
+            pass
     return total
 
 
@@ -473,6 +494,23 @@ pidfile = {d}/pgbouncer.pid
         for proc in self.relays():                  # logs in upstream as the direct path does, through it
             out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
         return out
+
+    def proxy_pids(self) -> dict[str, int]:
+        """The process of each path that is a proxy (all but direct), by the path's name in targets()."""
+        pids = {"pgwarden": self.pgwarden.pid}
+        if self.bouncer is not None:
+            pids["pgbouncer"] = self.bouncer.pid
+        if self.pgwarden_norec is not None:
+            pids["pgwarden-norec"] = self.pgwarden_norec.pid
+        for part, proc in self.part_procs.items():
+            pids[f"pgwarden-{part}"] = proc.pid
+        if self.baseline_proc is not None:
+            pids["pgwarden-baseline"] = self.baseline_proc.pid
+        if self.python_proc is not None:
+            pids["pgwarden-python"] = self.python_proc.pid
+        for proc in self.relays():
+            pids[proc.name] = proc.pid
+        return pids
 
     def relays(self) -> list[Proc]:
         """The bare relays running (Python and C, alone and recording); each Proc's name is its path's."""

@@ -31,14 +31,13 @@ before anything starts when they do not.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.env import BenchEnv, log                # noqa: E402
+from benchmarks.env import BenchEnv, cpu_seconds, log   # noqa: E402
 from benchmarks.parts_hooks import PARTS                # noqa: E402
 from benchmarks.suite import run_pgbench                # noqa: E402
 
@@ -58,13 +57,6 @@ LABELS = {
     "pgwarden-baseline": "pgwarden, recording on, --baseline tree",
     "pgwarden-python": "pgwarden, recording on, run by the --python interpreter",
 }
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    hz = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / hz, int(fields[12]) / hz
 
 
 def table(tps: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]]) -> str:
@@ -108,16 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with BenchEnv(norec=True, parts=args.parts, baseline=args.baseline, python=args.python, bare=args.bare,
                   bare_record=args.bare, bare_record_mmap=args.bare, c_relays=args.bare) as env:
         targets = env.targets()
-        pids = {"pgwarden": env.pgwarden.pid, "pgwarden-norec": env.pgwarden_norec.pid,
-                **{f"pgwarden-{p}": proc.pid for p, proc in env.part_procs.items()}}
-        if env.baseline_proc is not None:
-            pids["pgwarden-baseline"] = env.baseline_proc.pid
-        if env.python_proc is not None:
-            pids["pgwarden-python"] = env.python_proc.pid
-        if env.bouncer is not None:
-            pids["pgbouncer"] = env.bouncer.pid
-        for proc in env.relays():
-            pids[proc.name] = proc.pid
+        pids = env.proxy_pids()
         order = [name for name in LABELS if name in targets and name in pids]
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}

@@ -9,8 +9,11 @@ Starts its own PostgreSQL, pgwarden (policy and recording on) and PgBouncer
 then runs each workload on each path, interleaved (direct, PgBouncer,
 pgwarden, direct, PgBouncer, pgwarden ...) and repeated, and prints the median
 of each and the ratios pgwarden/direct and pgwarden/PgBouncer, with the
-issue's targets.  These machines are noisy: only ratios measured in the same
-run mean anything.  The default run (4 s x 3 repeats) takes about 11 minutes.
+issue's targets; then the CPU each proxy's process (and its workers) spent per
+transaction, user and system, from /proc around each run: what a proxy host
+pays for a transaction whatever else shares the machine.  These machines are
+noisy: only ratios measured in the same run mean anything.  The default run
+(4 s x 3 repeats) takes about 11 minutes.
 
 Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
 and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
@@ -38,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.env import DB, BenchEnv, log, pgbench_path, rss_kb
+from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
@@ -242,6 +245,8 @@ def expiry_lag(sessions: int = 200, spread: float = 4) -> dict:
 class Results:
     meta: dict = field(default_factory=dict)
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # workload -> proxy path -> one [user, system] CPU µs per transaction for each run
+    cpu: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     idle: dict = field(default_factory=dict)
     rows_bytes: int = 0
     expiry: dict = field(default_factory=dict)
@@ -277,6 +282,7 @@ def run(args) -> Results:
         log("warming up every path (select-only prepared c8, 2 s)")
         for name, tenv in env.targets().items():
             run_pgbench(tenv, ["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", "2"], 60)
+        pids = env.proxy_pids()
         if args.idle:
             res.idle = idle_sessions(env, args.idle)
         for w in selected:
@@ -291,9 +297,17 @@ def run(args) -> Results:
                 a if not w.script or a != str(scripts / w.script) else w.script for a in pg_args)
             for rep in range(args.repeat):
                 for name, tenv in targets.items():       # interleaved: noise hits every path alike
+                    pid = pids.get(name)
+                    before = cpu_seconds(pid) if pid else None
                     tps = run_pgbench(tenv, pg_args, timeout=args.duration * 4 + 120)
                     res.runs.setdefault(w.key, {}).setdefault(name, []).append(tps)
-                    log(f"{w.key:26} #{rep + 1} {name:9} {tps:10.1f} tps")
+                    cpu = ""
+                    if before is not None and tps > 0:
+                        n = tps * args.duration
+                        used = [round((a - b) / n * 1e6, 2) for a, b in zip(cpu_seconds(pid), before)]
+                        res.cpu.setdefault(w.key, {}).setdefault(name, []).append(used)
+                        cpu = f"  proxy CPU {used[0]:6.1f} + {used[1]:6.1f} us/tx"
+                    log(f"{w.key:26} #{rep + 1} {name:9} {tps:10.1f} tps{cpu}")
     if args.expiry:
         res.expiry = expiry_lag()
     res.meta["elapsed_s"] = round(time.monotonic() - t_start)
@@ -371,6 +385,37 @@ def norec_table(res: Results) -> str:
         b = res.median(w.key, "pgbouncer")
         rows.append(f"| {w.label} | {w.clients} | {_fmt(b)} | " + " | ".join(_fmt(v) for v in vals) + " | "
                     + " | ".join(_fmt(_ratio(v, b), ".2f") for v in vals) + " |")
+    return "\n".join(rows)
+
+
+def cpu_table(res: Results) -> str:
+    """What each proxy's process spent per transaction (user + system CPU, medians over the runs):
+    what a proxy host pays, whatever else shares the machine, and the transactions one core would
+    carry at that cost."""
+    def cost(key: str, path: str) -> tuple[float, float, float] | None:
+        runs = res.cpu.get(key, {}).get(path)
+        if not runs:
+            return None
+        return (statistics.median(u + s for u, s in runs), statistics.median(u for u, _ in runs),
+                statistics.median(s for _, s in runs))
+
+    def cell(c: tuple[float, float, float] | None) -> str:
+        return "n/a" if c is None else f"{c[0]:.1f} ({c[1]:.1f} + {c[2]:.1f})"
+
+    measured = [w for w in WORKLOADS if res.cpu.get(w.key, {}).get("pgwarden")]
+    if not measured:
+        return ""
+    norec = any(res.cpu.get(w.key, {}).get(NOREC) for w in measured)
+    rows = ["| workload | -c | PgBouncer CPU µs/tx (user + system) | pgwarden CPU µs/tx (user + system) | "
+            + ("pgwarden, recording off, CPU µs/tx | " if norec else "")
+            + "CPU pgwarden/PgBouncer | transactions per CPU-second: PgBouncer / pgwarden |",
+            "|---" * (6 + int(norec)) + "|"]
+    for w in measured:
+        b, p = cost(w.key, "pgbouncer"), cost(w.key, "pgwarden")
+        per_core = " / ".join("n/a" if c is None or not c[0] else f"{1e6 / c[0]:,.0f}" for c in (b, p))
+        rows.append(f"| {w.label} | {w.clients} | {cell(b)} | {cell(p)} | "
+                    + (f"{cell(cost(w.key, NOREC))} | " if norec else "")
+                    + f"{_fmt(_ratio(p and p[0], b and b[0]), '.2f')} | {per_core} |")
     return "\n".join(rows)
 
 
@@ -467,9 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         args.idle = min(args.idle, 100)
     res = run(args)
     text = table(res)
-    extra = norec_table(res)
-    if extra:
-        text += "\n\n" + extra
+    for extra in (norec_table(res), cpu_table(res)):
+        if extra:
+            text += "\n\n" + extra
     print(text)
     print()
     print(meta_text(res))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -371,6 +374,52 @@ def test_parts_python_takes_an_interpreter_that_runs_pgwarden_compiled(tmp_path)
             main(["--parts", "", "--python", str(python)])
         assert f"--python {python}: cannot run pgwarden" in str(e.value.code) and why in str(e.value.code)
         assert "pip install -e" in str(e.value.code)
+
+
+def test_cpu_table_gives_each_proxys_cpu_per_transaction_and_per_core_rate():
+    from benchmarks.suite import NOREC, Results, cpu_table
+
+    res = Results(cpu={"select-only-prepared-c8": {"pgbouncer": [[2.0, 18.0], [1.0, 15.0], [3.0, 17.0]],
+                                                   "pgwarden": [[10.0, 30.0], [12.0, 28.0]],
+                                                   NOREC: [[5.0, 20.0]]},
+                       "churn-c8": {"pgbouncer": [[2500.0, 900.0]], "pgwarden": [[2000.0, 500.0]]}})
+    rows = cpu_table(res).splitlines()
+    assert "recording off" in rows[0] and len(rows) == 4
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    # medians: PgBouncer 20 (2 + 17), pgwarden 40 (11 + 29); 1e6 / µs per core-second
+    assert cells[2:] == ["20.0 (2.0 + 17.0)", "40.0 (11.0 + 29.0)", "25.0 (5.0 + 20.0)", "2.00", "50,000 / 25,000"]
+    churn = [c.strip() for c in rows[3].split("|")[1:-1]]
+    assert churn[4:] == ["n/a", "0.74", "294 / 400"]
+    assert cpu_table(Results(cpu={"churn-c8": {"pgbouncer": [[1.0, 1.0]]}})) == ""
+
+
+def test_cpu_seconds_counts_a_process_and_its_children(tmp_path):
+    """serve --workers: the parent only supervises; its workers' CPU is the proxy's too."""
+    from benchmarks.env import cpu_seconds
+
+    marker = tmp_path / "busy"
+    child = tmp_path / "child.py"
+    child.write_text("import sys, time\n"
+                     "t = time.process_time()\n"
+                     "while time.process_time() - t < 0.5:\n"
+                     "    pass\n"
+                     "open(sys.argv[1], 'w').close()\n"
+                     "time.sleep(30)\n")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                               "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]]); time.sleep(30)",
+                               str(child), str(marker)])
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        user, system = cpu_seconds(parent.pid)
+        assert user + system >= 0.45      # the child's half second of CPU, the idle parent's next to nothing
+    finally:
+        for child in Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split():
+            os.kill(int(child), signal.SIGKILL)
+        parent.kill()
+        parent.wait()
 
 
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
