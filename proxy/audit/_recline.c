@@ -691,30 +691,34 @@ slot_learn(PyObject *o, int n)
     e->writable = !(m->flags & READONLY) && t->tp_setattro == PyObject_GenericSetAttr;
 }
 
-/* A new reference to o.name, or NULL with no exception set. */
+/* A new reference to o.name, or NULL with its exception set: one read, as PyObject_GetAttr. */
 static PyObject *
-peek(PyObject *o, int n)
+get(PyObject *o, int n)
 {
     SlotEntry *e = slot_entry(o, n);
     PyObject *v;
 
-    if (e != NULL && e->offset)              /* NULL in the slot: unset, an AttributeError */
-        return Py_XNewRef(*(PyObject **) ((char *) o + e->offset));
+    if (e != NULL && e->offset) {
+        v = *(PyObject **) ((char *) o + e->offset);
+        if (v != NULL)
+            return Py_NewRef(v);
+        return PyObject_GetAttr(o, name[n]);  /* unset: the generic path raises its AttributeError */
+    }
     v = PyObject_GetAttr(o, name[n]);
-    if (v == NULL)
-        PyErr_Clear();
-    else if (e == NULL)
+    if (v != NULL && e == NULL)
         slot_learn(o, n);
     return v;
 }
 
-/* A new reference to o.name, or NULL with its exception set. */
+/* A new reference to o.name, or NULL with no exception set. */
 static PyObject *
-get(PyObject *o, int n)
+peek(PyObject *o, int n)
 {
-    PyObject *v = peek(o, n);
+    PyObject *v = get(o, n);
 
-    return v != NULL ? v : PyObject_GetAttr(o, name[n]);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
 }
 
 /* o.name = value (not stolen): 0, or -1 with an exception set. */
