@@ -111,12 +111,12 @@ def reflect(conn, s: str) -> dict:
 
 
 @pytest.mark.parametrize("scope", ["read", "write", "ddl"])
-def test_first_connect_under_every_scope(proxy, scope):
+def test_first_connect_under_every_scope(proxy, scope_roles, scope):
     engine = sa.create_engine(proxied(proxy, scope))
     try:
         with engine.connect() as conn:
             assert conn.execute(sa.text("select current_user, cast(:x as int) + 1"), {"x": 41}).one() == (
-                f"pgw_{scope}", 42)
+                scope_roles[scope][0], 42)
             assert engine.dialect.server_version_info[0] >= 15
             assert conn.dialect.default_schema_name == "public"
     finally:
@@ -183,9 +183,9 @@ def test_a_denied_statement_is_an_error_and_the_pooled_connection_goes_on(proxy,
         engine.dispose()
 
 
-def test_create_all_needs_the_ddl_scope(proxy, admin):
+def test_create_all_needs_the_ddl_scope(proxy, admin, scope_roles):
     s = f"sqla_{uuid.uuid4().hex[:10]}"
-    admin(f"create schema {s}; grant usage, create on schema {s} to pgw_ddl")
+    admin(f"create schema {s}; grant usage, create on schema {s} to {scope_roles['ddl'][0]}")
     meta = sa.MetaData(schema=s)
     sa.Table("audit_note", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("body", sa.Text))
     try:
