@@ -604,6 +604,7 @@ static PyObject *round_func = NULL;       /* builtins.round */
 static PyObject *int_one = NULL, *int_three = NULL;
 static PyObject *record_module = NULL;    /* proxy.audit.record and proxy.audit.writer, imported at the first call */
 static PyObject *writer_module = NULL;
+static PyObject *intro_reference = NULL;  /* proxy.audit.introspection.is_introspection (None: not found) */
 
 /* The sink's attribute reads and writes at the attribute's offset, as CPython's own specialized
  * LOAD_ATTR_SLOT / STORE_ATTR_SLOT do: about 25 reads per statement, each otherwise a generic
@@ -832,6 +833,16 @@ modules(void)
             return -1;
         }
     }
+    if (intro_reference == NULL) {
+        PyObject *m = PyImport_ImportModule("proxy.audit.introspection");
+
+        intro_reference = m == NULL ? NULL : PyObject_GetAttrString(m, "is_introspection");
+        Py_XDECREF(m);
+        if (intro_reference == NULL) {
+            PyErr_Clear();
+            intro_reference = Py_NewRef(Py_None);
+        }
+    }
     return 0;
 }
 
@@ -845,6 +856,66 @@ module_attr(PyObject *module, int n)
     if (v != NULL)
         return Py_NewRef(v);
     return PyErr_Occurred() ? NULL : PyObject_GetAttr(module, name[n]);
+}
+
+/* round(x, 3), the record's duration_ms, as builtins.round computes it -- the double nearest to x
+ * correctly rounded to three decimals, ties to even -- without its decimal conversion where that is
+ * safe: x * 1000 is off the exact product by at most half an ulp (2**-22 under 2**31), so when the
+ * computed product is more than 1e-6 away from a tie, the nearest integer to it is the nearest to
+ * the exact product, and that integer divided by 1000.0 (IEEE division rounds correctly) is the
+ * double nearest to that many thousandths: what round() returns.  A near-tie, a negative or huge
+ * value, NaN or infinity goes to builtins.round. */
+static PyObject *
+round3(PyObject *value)
+{
+    double x = PyFloat_AS_DOUBLE(value), y = x * 1000.0, whole, frac;
+
+    if (y >= 0.0 && y < 2147483648.0) {
+        whole = floor(y);
+        frac = y - whole;
+        if (fabs(frac - 0.5) > 1e-6)
+            return PyFloat_FromDouble((frac < 0.5 ? whole : whole + 1.0) / 1000.0);
+    }
+    {
+        PyObject *round_args[2] = {value, int_three};
+
+        return PyObject_Vectorcall(round_func, round_args, 2, NULL);
+    }
+}
+
+/* proxy.audit.introspection.is_introspection's first test, in C: its answer is False when
+ * ``not sql or not ("pg_" in sql or "PG_" in sql or "information_schema" in sql or
+ * "INFORMATION_SCHEMA" in sql)``.  1 when text, an exact str of one-byte characters, is empty or
+ * names none of the four (each has its "_" where this looks); 0 when the function must decide. */
+static int
+surely_not_introspection(PyObject *text)
+{
+    const unsigned char *p, *u, *end;
+    Py_ssize_t n, i;
+
+    if (!PyUnicode_CheckExact(text))
+        return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(text) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    if (PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND)
+        return 0;
+    n = PyUnicode_GET_LENGTH(text);
+    p = PyUnicode_1BYTE_DATA(text);
+    end = p + n;
+    for (u = p; (u = memchr(u, '_', (size_t) (end - u))) != NULL; u++) {
+        i = u - p;
+        if (i >= 2 && ((p[i - 2] == 'p' && p[i - 1] == 'g') || (p[i - 2] == 'P' && p[i - 1] == 'G')))
+            return 0;
+        if (i >= 11 && n - i - 1 >= 6
+            && ((memcmp(p + i - 11, "information", 11) == 0 && memcmp(p + i + 1, "schema", 6) == 0)
+                || (memcmp(p + i - 11, "INFORMATION", 11) == 0 && memcmp(p + i + 1, "SCHEMA", 6) == 0)))
+            return 0;
+    }
+    return 1;
 }
 
 /* write(2) of all of line on fd as SessionRecorder._append does with os.write: 0, or -1 with an exception set. */
@@ -968,11 +1039,7 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     dur = PyFloat_FromDouble((PyFloat_AS_DOUBLE(ended) - PyFloat_AS_DOUBLE(started)) * 1000.0);
     if (dur == NULL)
         goto error;
-    {
-        PyObject *round_args[2] = {dur, int_three};
-
-        duration_ms = PyObject_Vectorcall(round_func, round_args, 2, NULL);
-    }
+    duration_ms = round3(dur);
     if (duration_ms == NULL)
         goto error;
     used_params = capture ? params : Py_None;
@@ -988,7 +1055,9 @@ write_statement(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     func = module_attr(writer_module, N_IS_INTROSPECTION);
     if (func == NULL)
         goto error;
-    intro = PyObject_CallOneArg(func, text);
+    /* the writer's own is_introspection (not one a test put there) needs no call for most statements */
+    intro = func == intro_reference && surely_not_introspection(text) ? Py_NewRef(Py_False)
+                                                                       : PyObject_CallOneArg(func, text);
     Py_CLEAR(func);
     if (intro == NULL)
         goto error;
@@ -1213,6 +1282,26 @@ digest_by_hashlib(PyObject *module, PyObject *flag)
     return PyUnicode_FromString(use_libcrypto ? "libcrypto" : "hashlib");
 }
 
+static PyObject *
+round3_hook(PyObject *module, PyObject *value)
+{
+    if (!PyFloat_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "_round3(x): x must be a float");
+        return NULL;
+    }
+    if (round_func == NULL || int_three == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_recline not initialised");
+        return NULL;
+    }
+    return round3(value);
+}
+
+static PyObject *
+not_introspection_hook(PyObject *module, PyObject *text)
+{
+    return PyBool_FromLong(surely_not_introspection(text));
+}
+
 static PyMethodDef recline_methods[] = {
     {"statement_line", (PyCFunction) (void (*)(void)) statement_line, METH_FASTCALL,
      "statement_line(seq, prev, now, text, cls, decision, rule, started, duration_ms, via, params, tag, rows, "
@@ -1224,6 +1313,11 @@ static PyMethodDef recline_methods[] = {
     {"_digest_by_hashlib", (PyCFunction) digest_by_hashlib, METH_O,
      "_digest_by_hashlib(flag) -> the DIGEST_IMPL now in use: tests run statement_line both ways "
      "(True: through hashlib; False: libcrypto again when it was found)."},
+    {"_round3", (PyCFunction) round3_hook, METH_O,
+     "_round3(x) -> round(x, 3) as the sink computes it (for tests: it must equal builtins.round's)."},
+    {"_not_introspection", (PyCFunction) not_introspection_hook, METH_O,
+     "_not_introspection(text) -> True when the sink answers is_introspection(text) False without the call "
+     "(for tests: it must be only where the function's first test says False)."},
     {"release", (PyCFunction) release, METH_O,
      "release(rec) -> bool: rec.release() (SessionRecorder), in C for the ordinary case."},
     {NULL, NULL, 0, NULL},

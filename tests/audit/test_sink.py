@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -287,6 +288,41 @@ def test_a_subclass_overriding_a_slot_is_read_as_it_says(tmp_path):
         texts = [json.loads(line)["text"] for line in out[-1].splitlines()[1:]]
         assert texts == [ORDINARY["text"], "masked"] * 2
     assert out[0] == out[1]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(x=st.floats() | st.floats(min_value=0, max_value=2.2e6) | st.floats(min_value=0, max_value=10)
+       | st.integers(0, 2 ** 32).map(lambda k: k / 2000) | st.integers(0, 2 ** 31).map(lambda k: (k + 0.5) / 1000))
+@example(x=2.675)       # stored as 2.67499999...: 2.675 (ties are the binary value's, not the decimal text's)
+@example(x=0.0625)      # an exact tie in binary: to even, 0.062
+@example(x=-0.0)
+def test_the_sinks_duration_rounding_is_builtins_round(x):
+    """duration_ms = round(ms, 3): the sink rounds in C where that is exact, else calls round()."""
+    from proxy.audit import _recline
+
+    got, want = _recline._round3(x), round(x, 3)
+    assert struct.pack("<d", got) == struct.pack("<d", want), (x, got, want)
+
+
+MARKERS = ("pg_", "PG_", "information_schema", "INFORMATION_SCHEMA")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.text(alphabet="pgPG_ informatschemINFORMATSCHEM.é\x00", max_size=40)
+       | st.builds(lambda a, m, b: a + m + b, st.text(max_size=8), st.sampled_from(MARKERS), st.text(max_size=8))
+       | texts)
+def test_the_sink_skips_is_introspection_only_where_its_first_test_says_no(text):
+    """The sink answers "not introspection" without calling the writer's is_introspection exactly
+    where that function's own first test (no catalog marker in the text) returns False."""
+    from proxy.audit import _recline
+    from proxy.audit.introspection import is_introspection
+
+    skipped = _recline._not_introspection(text)
+    no_marker = not text or not any(m in text for m in MARKERS)
+    if skipped:
+        assert no_marker and is_introspection(text) is False
+    if all(ord(ch) < 256 for ch in text):      # one byte a character: C decides all of these
+        assert skipped == no_marker
 
 
 def test_records_after_end_or_failure_are_not_written(tmp_path):
