@@ -69,11 +69,15 @@
  *    any clock); decision "denied" if not allowed else "allowed"; cls =
  *    statement_class (str() of an exact str is itself); duration_ms =
  *    builtins.round((ended - started) * 1000.0, 3) (the same double
- *    arithmetic, Python's own round); params = st.params, or None when
- *    rec._capture_params is False; rows = st.rows, or
- *    record.rows_from_tag(tag) when tag is not None and rows is None;
- *    introspection = writer.is_introspection(text) (both looked up on
- *    their modules at each call, so monkeypatching applies).  An exception
+ *    arithmetic; Python's own round, or round3's exact shortcut for it);
+ *    params = st.params, or None when rec._capture_params is False; rows =
+ *    st.rows, or record.rows_from_tag(tag) when tag is not None and rows
+ *    is None; introspection = writer.is_introspection(text) (both looked up
+ *    on their modules at each call, so monkeypatching applies; when it is
+ *    introspection.is_introspection itself and the text names no catalog,
+ *    False without the call, as its first test answers).  Attribute reads
+ *    and the counters' writes go through peek/get/poke: a __slots__ entry
+ *    at its offset once found, while its type is unchanged.  An exception
  *    from any of these propagates, as it would out of statement(), with
  *    nothing written or counted.
  * 3. When record.LINE_IMPL == "c" and record.statement_line_c is this
