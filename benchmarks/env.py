@@ -481,36 +481,25 @@ pidfile = {d}/pgbouncer.pid
         if self.bouncer is not None:
             out["pgbouncer"] = dict(base, PGPORT=str(self.bouncer.port), PGUSER=self.role,
                                     PGPASSWORD=self.password)
-        out["pgwarden"] = dict(base, PGPORT=str(self.pgwarden.port), PGUSER=USER, PGPASSWORD=self.token)
-        if self.pgwarden_norec is not None:
-            out["pgwarden-norec"] = dict(base, PGPORT=str(self.pgwarden_norec.port), PGUSER=USER,
-                                         PGPASSWORD=self.token)
-        for part in self.part_procs:
-            out[f"pgwarden-{part}"] = dict(out["pgwarden"], PGPORT=str(self.part_procs[part].port))
-        if self.baseline_proc is not None:
-            out["pgwarden-baseline"] = dict(out["pgwarden"], PGPORT=str(self.baseline_proc.port))
-        if self.python_proc is not None:
-            out["pgwarden-python"] = dict(out["pgwarden"], PGPORT=str(self.python_proc.port))
+        for name, proc in self.pgwardens().items():
+            out[name] = dict(base, PGPORT=str(proc.port), PGUSER=USER, PGPASSWORD=self.token)
         for proc in self.relays():                  # logs in upstream as the direct path does, through it
             out[proc.name] = dict(out["direct"], PGPORT=str(proc.port))
         return out
 
+    def pgwardens(self) -> dict[str, Proc]:
+        """Every pgwarden process running (as shipped, recording off, parts, --baseline, --python), by
+        its path's name, in the order runs are interleaved."""
+        procs = {"pgwarden": self.pgwarden, "pgwarden-norec": self.pgwarden_norec,
+                 **{f"pgwarden-{part}": proc for part, proc in self.part_procs.items()},
+                 "pgwarden-baseline": self.baseline_proc, "pgwarden-python": self.python_proc}
+        return {name: proc for name, proc in procs.items() if proc is not None}
+
     def proxy_pids(self) -> dict[str, int]:
         """The process of each path that is a proxy (all but direct), by the path's name in targets()."""
-        pids = {"pgwarden": self.pgwarden.pid}
-        if self.bouncer is not None:
-            pids["pgbouncer"] = self.bouncer.pid
-        if self.pgwarden_norec is not None:
-            pids["pgwarden-norec"] = self.pgwarden_norec.pid
-        for part, proc in self.part_procs.items():
-            pids[f"pgwarden-{part}"] = proc.pid
-        if self.baseline_proc is not None:
-            pids["pgwarden-baseline"] = self.baseline_proc.pid
-        if self.python_proc is not None:
-            pids["pgwarden-python"] = self.python_proc.pid
-        for proc in self.relays():
-            pids[proc.name] = proc.pid
-        return pids
+        procs = [*([("pgbouncer", self.bouncer)] if self.bouncer is not None else []), *self.pgwardens().items(),
+                 *((proc.name, proc) for proc in self.relays())]
+        return {name: proc.pid for name, proc in procs}
 
     def relays(self) -> list[Proc]:
         """The bare relays running (Python and C, alone and recording); each Proc's name is its path's."""
