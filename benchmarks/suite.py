@@ -9,9 +9,12 @@ Starts its own PostgreSQL, pgwarden (policy and recording on) and PgBouncer
 then runs each workload on each path, interleaved (direct, PgBouncer,
 pgwarden, direct, PgBouncer, pgwarden ...) and repeated, and prints the median
 of each and the ratios pgwarden/direct and pgwarden/PgBouncer, with the
-issue's targets; then the CPU each proxy's process (and its workers) spent per
+issue's targets; then, per select-only statement, the round trip a lone client
+waits (-c 1) and what pgwarden adds to it over a direct connection and over
+PgBouncer; then the CPU each proxy's process (and its workers) spent per
 transaction, user and system, from /proc around each run: what a proxy host
-pays for a transaction whatever else shares the machine.  These machines are
+pays for a transaction whatever else shares the machine.  ``--report RUN.json``
+prints the tables of a run saved with ``--json`` again, running nothing.  These machines are
 noisy: only ratios measured in the same run mean anything.  The default run
 (4 s x 3 repeats) takes about 11 minutes.
 
@@ -419,6 +422,43 @@ def cpu_table(res: Results) -> str:
     return "\n".join(rows)
 
 
+def cost_table(res: Results) -> str:
+    """The answer to "what does pgwarden cost me?" per select-only statement, one per transaction:
+    the time a lone client waits for each answer (-c 1: pgbench's one connection sends the next
+    statement when the last answer is in, so a round trip is 1/TPS), what pgwarden adds to it over
+    a direct connection and over PgBouncer, and the proxy CPU each statement takes under load
+    (-c 8, user + system, medians)."""
+    rows = []
+    for mode in ("prepared", "extended", "simple"):
+        one, load = f"select-only-{mode}-c1", f"select-only-{mode}-c8"
+        rtt = [res.median(one, n) for n in PATHS]
+        rtt = [1e6 / x if x else None for x in rtt]
+        d, b, p = rtt
+        cpu = []
+        for name in ("pgbouncer", "pgwarden"):
+            runs = res.cpu.get(load, {}).get(name)
+            cpu.append(statistics.median(u + s for u, s in runs) if runs else None)
+        if p is None and cpu[1] is None:
+            continue
+        added = [None if p is None or x is None else p - x for x in (d, b)]
+        rows.append(f"| -M {mode} | {_fmt(d)} | {_fmt(b)} | {_fmt(p)} | {_fmt(added[0], '+.0f')} | "
+                    f"{_fmt(added[1], '+.0f')} | {_fmt(cpu[0], '.1f')} | {_fmt(cpu[1], '.1f')} |")
+    if not rows:
+        return ""
+    return "\n".join(["| select-only statement | round trip at -c 1, µs: direct | PgBouncer | pgwarden | "
+                      "pgwarden adds, µs: over direct | over PgBouncer | proxy CPU per statement at -c 8, µs: "
+                      "PgBouncer | pgwarden |", "|---" * 8 + "|", *rows])
+
+
+def report(res: Results) -> str:
+    """Every table the run fills, in the order they are printed."""
+    text = table(res)
+    for extra in (cost_table(res), norec_table(res), cpu_table(res)):
+        if extra:
+            text += "\n\n" + extra
+    return text
+
+
 def meta_text(res: Results) -> str:
     v = res.meta.get("versions", {})
     lines = [f"- {k}: {val}" for k, val in v.items()]
@@ -506,15 +546,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")
+    ap.add_argument("--report", type=Path, metavar="RUN.json",
+                    help="run nothing: print (and --markdown, --chart) the tables of a run --json saved")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.repeat = 2, 1
         args.idle = min(args.idle, 100)
-    res = run(args)
-    text = table(res)
-    for extra in (norec_table(res), cpu_table(res)):
-        if extra:
-            text += "\n\n" + extra
+    if args.report:
+        res = Results(**json.loads(args.report.read_text()))
+    else:
+        res = run(args)
+    text = report(res)
     print(text)
     print()
     print(meta_text(res))

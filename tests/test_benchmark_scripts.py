@@ -393,6 +393,39 @@ def test_cpu_table_gives_each_proxys_cpu_per_transaction_and_per_core_rate():
     assert cpu_table(Results(cpu={"churn-c8": {"pgbouncer": [[1.0, 1.0]]}})) == ""
 
 
+def test_cost_table_gives_each_statements_round_trip_what_pgwarden_adds_and_its_cpu():
+    from benchmarks.suite import Results, cost_table
+
+    res = Results(runs={"select-only-prepared-c1": {"direct": [10000, 12500, 8000], "pgbouncer": [8000, 7000],
+                                                    "pgwarden": [5000, 6250, 4000]},
+                        "select-only-simple-c1": {"direct": [10000], "pgbouncer": [8000]}},
+                  cpu={"select-only-prepared-c8": {"pgbouncer": [[2.0, 18.0]], "pgwarden": [[10.0, 20.0], [12.0, 24.0]]}})
+    rows = cost_table(res).splitlines()
+    assert len(rows) == 3          # header, rule, prepared; simple has no pgwarden run, extended no run at all
+    cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+    # round trip = 1e6 / median TPS: direct 100, PgBouncer 1e6 / 7500 = 133, pgwarden 200
+    assert cells == ["-M prepared", "100", "133", "200", "+100", "+67", "20.0", "33.0"]
+    assert cost_table(Results(runs={"churn-c8": {"pgwarden": [1.0]}})) == ""
+
+
+def test_report_prints_a_saved_runs_tables_without_running_anything(tmp_path, capsys):
+    import json
+    from dataclasses import asdict
+
+    from benchmarks.suite import Results, main
+
+    res = Results(meta={"repeat": 3, "duration_s": 4, "scale": 10, "elapsed_s": 1},
+                  runs={"select-only-prepared-c1": {"direct": [10000], "pgbouncer": [8000], "pgwarden": [5000]}})
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(asdict(res)))
+    out_md = tmp_path / "run.md"
+    assert main(["--report", str(saved), "--markdown", str(out_md)]) == 0
+    printed = capsys.readouterr().out
+    assert "| select-only -M prepared | 1 | 10000 | 8000 | 5000 | 0.50 | 0.62 |" in printed
+    assert "| -M prepared | 100 | 125 | 200 | +100 | +75 |" in printed
+    assert "| -M prepared | 100 | 125 | 200 | +100 | +75 |" in out_md.read_text()
+
+
 def test_cpu_seconds_counts_a_process_and_its_children(tmp_path):
     """serve --workers: the parent only supervises; its workers' CPU is the proxy's too."""
     from benchmarks.env import cpu_seconds
