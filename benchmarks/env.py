@@ -105,6 +105,22 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of ``pid`` and of its child processes (lower: scheduled
+    sooner; below 0 needs root or CAP_SYS_NICE)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+    for child in _children(pid):
+        renice(child, nice)
+
+
+def machine_idle() -> tuple[int, int]:
+    """(all, idle) clock ticks the machine's CPUs have counted so far, from /proc/stat (idle includes
+    iowait): the share of idle ticks between two readings is how much of the machine sat unused."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of ``pid`` and its child processes (``serve --workers``) in KiB (VmRSS)."""
     total = 0

@@ -5,6 +5,7 @@
     python -m benchmarks.parts --baseline /tmp/before    # also the code of another checkout
     python -m benchmarks.parts --parts '' --python /usr/bin/python3.11   # also run by another interpreter
     python -m benchmarks.parts --parts compiled-glue --clients 1   # only that part beside the paths
+    python -m benchmarks.parts --parts '' --nice -10     # every proxy scheduled ahead of pgbench and the server
 
 Starts the suite's environment (benchmarks/env.py) with PgBouncer, pgwarden
 as shipped, pgwarden with recording off, and one pgwarden per part of the
@@ -13,7 +14,13 @@ recording switched off, reordered or compiled (benchmarks/parts_hooks.py:
 ``--parts`` picks), runs the same pgbench workload through each in turn
 (interleaved, repeated) and prints, per path, the median TPS, its ratio to
 PgBouncer, and the proxy process's user and system CPU per transaction
-(``/proc/<pid>/stat`` around each run).  docs/benchmarks.md has a run.
+(``/proc/<pid>/stat`` around each run), and how much of the machine's CPU
+time sat idle during the path's runs (``/proc/stat``).  docs/benchmarks.md
+has runs.
+
+``--nice N`` runs every proxy at that nice value, all alike: how much a
+proxy gains when the scheduler runs it ahead of the client and the server
+that share its cores.
 
 ``--baseline DIR`` adds a pgwarden (recording on) run from another source
 tree, e.g. ``git worktree add /tmp/before HEAD~3`` with its C extensions
@@ -37,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.env import BenchEnv, cpu_seconds, log   # noqa: E402
+from benchmarks.env import BenchEnv, cpu_seconds, log, machine_idle, renice   # noqa: E402
 from benchmarks.parts_hooks import PARTS                # noqa: E402
 from benchmarks.suite import run_pgbench                # noqa: E402
 
@@ -59,10 +66,13 @@ LABELS = {
 }
 
 
-def table(tps: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]]) -> str:
-    """Markdown: median TPS, ratio to PgBouncer's median, user/system µs per transaction (min-max)."""
+def table(tps: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]],
+          idle: dict[str, list[float]] | None = None) -> str:
+    """Markdown: median TPS, ratio to PgBouncer's median, user/system µs per transaction (min-max),
+    and, given ``idle``, the median share of the machine's CPU time left idle during the path's runs."""
     base = statistics.median(tps["pgbouncer"]) if tps.get("pgbouncer") else None
-    rows = ["| path | TPS (median) | / PgBouncer | user µs/tx | system µs/tx |", "|---|---|---|---|---|"]
+    rows = ["| path | TPS (median) | / PgBouncer | user µs/tx | system µs/tx |" + (" machine idle |" if idle else ""),
+            "|---|---|---|---|---|" + ("---|" if idle else "")]
     for name, runs in tps.items():
         if not runs:
             continue
@@ -71,7 +81,8 @@ def table(tps: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]]
         us = [u for u, _ in cpu[name]]
         sy = [s for _, s in cpu[name]]
         rows.append(f"| {LABELS.get(name, name)} | {med:,.0f} | {ratio} | {min(us):.1f}-{max(us):.1f} "
-                    f"| {min(sy):.1f}-{max(sy):.1f} |")
+                    f"| {min(sy):.1f}-{max(sy):.1f} |"
+                    + (f" {statistics.median(idle[name]) * 100:.0f}% |" if idle else ""))
     return "\n".join(rows)
 
 
@@ -86,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", type=Path, metavar="PATH",
                     help="also run pgwarden (recording on) from this tree by this other interpreter (one with "
                          "pgwarden's dependencies; this tree's C extensions must load in it)")
+    ap.add_argument("--nice", type=int, metavar="N",
+                    help="run every proxy (PgBouncer, the relays, each pgwarden and its workers) at this nice "
+                         "value, all alike (below 0 needs root)")
     ap.add_argument("--bare", action="store_true",
                     help="also the bare Python relay, alone, writing one chained line per statement "
                          "(benchmarks/bare_relay.py --record), and storing it into a mapping of the file "
@@ -102,21 +116,30 @@ def main(argv: list[str] | None = None) -> int:
         targets = env.targets()
         pids = env.proxy_pids()
         order = [name for name in LABELS if name in targets and name in pids]
+        if args.nice is not None:
+            for name in order:
+                renice(pids[name], args.nice)
+            log(f"every proxy at nice {args.nice}")
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
+        idle: dict[str, list[float]] = {name: [] for name in order}
         pgbench = ["-n", "-S", "-M", args.mode, "-c", str(args.clients), "-j", "2", "-T", str(args.duration)]
         for i in range(args.repeat):
             for name in order:
                 u0, s0 = cpu_seconds(pids[name])
+                all0, idle0 = machine_idle()
                 rate = run_pgbench(targets[name], pgbench, timeout=args.duration * 5 + 60)
+                all1, idle1 = machine_idle()
                 u1, s1 = cpu_seconds(pids[name])
                 n = rate * args.duration
                 tps[name].append(rate)
                 cpu[name].append(((u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6))
+                idle[name].append((idle1 - idle0) / max(1, all1 - all0))
                 log(f"#{i + 1} {name:22} {rate:9.1f} tps  user {cpu[name][-1][0]:5.1f} us/tx  "
-                    f"system {cpu[name][-1][1]:5.1f} us/tx")
-    print(f"select-only -M {args.mode} -c {args.clients}, {args.repeat} x {args.duration} s, interleaved\n")
-    print(table(tps, cpu))
+                    f"system {cpu[name][-1][1]:5.1f} us/tx  machine idle {idle[name][-1] * 100:4.1f}%")
+    nice = "" if args.nice is None else f", every proxy at nice {args.nice}"
+    print(f"select-only -M {args.mode} -c {args.clients}, {args.repeat} x {args.duration} s, interleaved{nice}\n")
+    print(table(tps, cpu, idle))
     return 0
 
 

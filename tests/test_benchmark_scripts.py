@@ -465,6 +465,52 @@ def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     assert lines[3].split("|")[2:6] == [" 100 ", " 0.50 ", " 28.0-30.0 ", " 25.0-30.0 "]
 
 
+def test_parts_table_gives_the_machines_idle_share_per_path():
+    from benchmarks.parts import table
+
+    out = table({"pgbouncer": [100.0], "pgwarden": [50.0]},
+                {"pgbouncer": [(2.0, 20.0)], "pgwarden": [(30.0, 25.0)]},
+                {"pgbouncer": [0.10, 0.14, 0.12], "pgwarden": [0.2, 0.18]})
+    lines = out.splitlines()
+    assert lines[0].endswith("| machine idle |") and lines[1].count("---") == 6
+    assert lines[2].endswith("| 12% |") and lines[3].endswith("| 19% |")
+
+
+def test_renice_sets_every_thread_of_a_process_and_of_its_children(tmp_path):
+    """parts --nice: a pgwarden's event loop may not be its first thread, and serve --workers' loops
+    are child processes; each must run at the value asked for."""
+    from benchmarks.env import _children, renice
+
+    script = tmp_path / "tree.py"
+    script.write_text("import subprocess, sys, threading, time\n"
+                      "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+                      "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+                      "print('ready', flush=True)\n"
+                      "time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        renice(proc.pid, 7)
+        kids = _children(proc.pid)
+        tasks = [int(t.name) for pid in (proc.pid, *kids) for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(kids) == 1 and len(tasks) >= 3
+        assert all(os.getpriority(os.PRIO_PROCESS, t) == 7 for t in tasks)
+    finally:
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
+def test_machine_idle_counts_idle_ticks_among_all():
+    from benchmarks.env import machine_idle
+
+    all0, idle0 = machine_idle()
+    time.sleep(0.05)
+    all1, idle1 = machine_idle()
+    assert 0 < all0 < all1 and 0 <= idle0 <= idle1 and idle1 - idle0 <= all1 - all0
+
+
 def test_bare_relay_mmap_grows_the_file_past_its_first_megabyte(tmp_path):
     """--record --mmap over more lines than the first reserved megabyte holds: the mapping grows and
     every line is there, chained, once the session ends."""
