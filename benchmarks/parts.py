@@ -117,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         pids = env.proxy_pids()
         order = [name for name in LABELS if name in targets and name in pids]
         if args.nice is not None:
-            for name in order:
-                renice(pids[name], args.nice)
+            try:
+                for name in order:
+                    renice(pids[name], args.nice)
+            except PermissionError as e:
+                raise SystemExit(f"--nice {args.nice}: {e} (a value below 0 needs root or CAP_SYS_NICE)") from None
             log(f"every proxy at nice {args.nice}")
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}

@@ -13,10 +13,10 @@ issue's targets; then, per select-only statement, the round trip a lone client
 waits (-c 1) and what pgwarden adds to it over a direct connection and over
 PgBouncer; then the CPU each proxy's process (and its workers) spent per
 transaction, user and system, from /proc around each run: what a proxy host
-pays for a transaction whatever else shares the machine.  ``--report RUN.json``
-prints the tables of a run saved with ``--json`` again, running nothing.  These machines are
+pays for a transaction whatever else shares the machine.  These machines are
 noisy: only ratios measured in the same run mean anything.  The default run
-(4 s x 3 repeats) takes about 11 minutes.
+(4 s x 3 repeats) takes about 11 minutes.  ``--report RUN.json`` prints the
+tables of a run saved with ``--json`` again, running nothing.
 
 Workloads: select-only (-S) with -M simple, extended and prepared at -c 1, 8
 and 32; the TPC-B-like default script at -c 8 (-M simple, pgbench's
