@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, rss_kb
+from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, renice, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
@@ -286,6 +286,14 @@ def run(args) -> Results:
         for name, tenv in env.targets().items():
             run_pgbench(tenv, ["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", "2"], 60)
         pids = env.proxy_pids()
+        if args.nice is not None:
+            try:
+                for pid in pids.values():
+                    renice(pid, args.nice)
+            except PermissionError as e:
+                raise SystemExit(f"--nice {args.nice}: {e} (a value below 0 needs root or CAP_SYS_NICE)") from None
+            res.meta["nice"] = args.nice
+            log(f"every proxy at nice {args.nice}")
         if args.idle:
             res.idle = idle_sessions(env, args.idle)
         for w in selected:
@@ -464,6 +472,8 @@ def meta_text(res: Results) -> str:
     lines = [f"- {k}: {val}" for k, val in v.items()]
     lines.append(f"- runs: {res.meta.get('repeat')} x {res.meta.get('duration_s')} s per workload and path, "
                  f"interleaved, median; pgbench scale {res.meta.get('scale')}; total {res.meta.get('elapsed_s')} s")
+    if res.meta.get("nice") is not None:
+        lines.append(f"- every proxy at nice {res.meta['nice']} (pgbench and the server at the default)")
     return "\n".join(lines)
 
 
@@ -543,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c-relay", action="store_true",
                     help="also the bare relay in C (benchmarks/c_relay.c), alone and with --record, on the "
                          "workloads the bare Python relay runs (skipped where it does not build)")
+    ap.add_argument("--nice", type=int, metavar="N",
+                    help="run every proxy (PgBouncer, pgwarden and its workers, the relays) at this nice value, "
+                         "all alike (below 0 needs root); the default leaves them at the suite's own")
     ap.add_argument("--json", type=Path, help="write all runs and metadata here")
     ap.add_argument("--markdown", type=Path, help="write the results table and metadata here")
     ap.add_argument("--chart", type=Path, help="write a PNG chart here (needs matplotlib)")

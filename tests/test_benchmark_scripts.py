@@ -424,6 +424,14 @@ def test_report_prints_a_saved_runs_tables_without_running_anything(tmp_path, ca
     assert "| select-only -M prepared | 1 | 10000 | 8000 | 5000 | 0.50 | 0.62 |" in printed
     assert "| -M prepared | 100 | 125 | 200 | +100 | +75 |" in printed
     assert "| -M prepared | 100 | 125 | 200 | +100 | +75 |" in out_md.read_text()
+    assert "nice" not in printed
+
+
+def test_meta_text_says_when_every_proxy_ran_at_another_priority():
+    from benchmarks.suite import Results, meta_text
+
+    assert "every proxy at nice -10" in meta_text(Results(meta={"nice": -10}))
+    assert "nice" not in meta_text(Results(meta={}))
 
 
 def test_cpu_seconds_counts_a_process_and_its_children(tmp_path):
