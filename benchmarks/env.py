@@ -114,6 +114,16 @@ def renice(pid: int, nice: int) -> None:
         renice(child, nice)
 
 
+def renice_all(pids, nice: int) -> None:
+    """``renice`` each of ``pids`` (the suite's and parts' ``--nice``); a refusal ends the run with why."""
+    try:
+        for pid in pids:
+            renice(pid, nice)
+    except PermissionError as e:
+        raise SystemExit(f"--nice {nice}: {e} (a value below 0 needs root or CAP_SYS_NICE)") from None
+    log(f"every proxy at nice {nice}")
+
+
 def machine_idle() -> tuple[int, int]:
     """(all, idle) clock ticks the machine's CPUs have counted so far, from /proc/stat (idle includes
     iowait): the share of idle ticks between two readings is how much of the machine sat unused."""

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.env import BenchEnv, cpu_seconds, log, machine_idle, renice   # noqa: E402
+from benchmarks.env import BenchEnv, cpu_seconds, log, machine_idle, renice_all   # noqa: E402
 from benchmarks.parts_hooks import PARTS                # noqa: E402
 from benchmarks.suite import run_pgbench                # noqa: E402
 
@@ -117,12 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         pids = env.proxy_pids()
         order = [name for name in LABELS if name in targets and name in pids]
         if args.nice is not None:
-            try:
-                for name in order:
-                    renice(pids[name], args.nice)
-            except PermissionError as e:
-                raise SystemExit(f"--nice {args.nice}: {e} (a value below 0 needs root or CAP_SYS_NICE)") from None
-            log(f"every proxy at nice {args.nice}")
+            renice_all([pids[name] for name in order], args.nice)
         tps: dict[str, list[float]] = {name: [] for name in order}
         cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
         idle: dict[str, list[float]] = {name: [] for name in order}

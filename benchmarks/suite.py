@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, renice, rss_kb
+from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, renice_all, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
@@ -287,13 +287,8 @@ def run(args) -> Results:
             run_pgbench(tenv, ["-n", "-S", "-M", "prepared", "-c", "8", "-j", "2", "-T", "2"], 60)
         pids = env.proxy_pids()
         if args.nice is not None:
-            try:
-                for pid in pids.values():
-                    renice(pid, args.nice)
-            except PermissionError as e:
-                raise SystemExit(f"--nice {args.nice}: {e} (a value below 0 needs root or CAP_SYS_NICE)") from None
+            renice_all(pids.values(), args.nice)
             res.meta["nice"] = args.nice
-            log(f"every proxy at nice {args.nice}")
         if args.idle:
             res.idle = idle_sessions(env, args.idle)
         for w in selected:

@@ -510,6 +510,19 @@ def test_renice_sets_every_thread_of_a_process_and_of_its_children(tmp_path):
         proc.wait()
 
 
+def test_renice_all_ends_the_run_saying_why_when_the_kernel_refuses(monkeypatch):
+    """--nice -10 without CAP_SYS_NICE: a clear message, not a traceback halfway through a run."""
+    from benchmarks import env
+
+    def refuse(which, who, value):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(env.os, "setpriority", refuse)
+    with pytest.raises(SystemExit) as e:
+        env.renice_all([os.getpid()], -10)
+    assert "--nice -10" in str(e.value) and "CAP_SYS_NICE" in str(e.value)
+
+
 def test_machine_idle_counts_idle_ticks_among_all():
     from benchmarks.env import machine_idle
 
