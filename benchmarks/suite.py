@@ -394,17 +394,19 @@ def norec_table(res: Results) -> str:
     return "\n".join(rows)
 
 
+def _cpu_cost(res: Results, key: str, path: str) -> tuple[float, float, float] | None:
+    """Medians of a proxy's CPU µs per transaction on one workload: (user + system, user, system)."""
+    runs = res.cpu.get(key, {}).get(path)
+    if not runs:
+        return None
+    return (statistics.median(u + s for u, s in runs), statistics.median(u for u, _ in runs),
+            statistics.median(s for _, s in runs))
+
+
 def cpu_table(res: Results) -> str:
     """What each proxy's process spent per transaction (user + system CPU, medians over the runs):
     what a proxy host pays, whatever else shares the machine, and the transactions one core would
     carry at that cost."""
-    def cost(key: str, path: str) -> tuple[float, float, float] | None:
-        runs = res.cpu.get(key, {}).get(path)
-        if not runs:
-            return None
-        return (statistics.median(u + s for u, s in runs), statistics.median(u for u, _ in runs),
-                statistics.median(s for _, s in runs))
-
     def cell(c: tuple[float, float, float] | None) -> str:
         return "n/a" if c is None else f"{c[0]:.1f} ({c[1]:.1f} + {c[2]:.1f})"
 
@@ -417,10 +419,10 @@ def cpu_table(res: Results) -> str:
             + "CPU pgwarden/PgBouncer | transactions per CPU-second: PgBouncer / pgwarden |",
             "|---" * (6 + int(norec)) + "|"]
     for w in measured:
-        b, p = cost(w.key, "pgbouncer"), cost(w.key, "pgwarden")
+        b, p = _cpu_cost(res, w.key, "pgbouncer"), _cpu_cost(res, w.key, "pgwarden")
         per_core = " / ".join("n/a" if c is None or not c[0] else f"{1e6 / c[0]:,.0f}" for c in (b, p))
         rows.append(f"| {w.label} | {w.clients} | {cell(b)} | {cell(p)} | "
-                    + (f"{cell(cost(w.key, NOREC))} | " if norec else "")
+                    + (f"{cell(_cpu_cost(res, w.key, NOREC))} | " if norec else "")
                     + f"{_fmt(_ratio(p and p[0], b and b[0]), '.2f')} | {per_core} |")
     return "\n".join(rows)
 
@@ -434,13 +436,8 @@ def cost_table(res: Results) -> str:
     rows = []
     for mode in ("prepared", "extended", "simple"):
         one, load = f"select-only-{mode}-c1", f"select-only-{mode}-c8"
-        rtt = [res.median(one, n) for n in PATHS]
-        rtt = [1e6 / x if x else None for x in rtt]
-        d, b, p = rtt
-        cpu = []
-        for name in ("pgbouncer", "pgwarden"):
-            runs = res.cpu.get(load, {}).get(name)
-            cpu.append(statistics.median(u + s for u, s in runs) if runs else None)
+        d, b, p = (1e6 / x if x else None for x in (res.median(one, n) for n in PATHS))
+        cpu = [c and c[0] for c in (_cpu_cost(res, load, "pgbouncer"), _cpu_cost(res, load, "pgwarden"))]
         if p is None and cpu[1] is None:
             continue
         added = [None if p is None or x is None else p - x for x in (d, b)]
