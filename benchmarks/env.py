@@ -124,10 +124,16 @@ def renice_all(pids, nice: int) -> None:
     log(f"every proxy at nice {nice}")
 
 
-def machine_idle() -> tuple[int, int]:
-    """(all, idle) clock ticks the machine's CPUs have counted so far, from /proc/stat (idle includes
-    iowait): the share of idle ticks between two readings is how much of the machine sat unused."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+def machine_idle(stat: str | None = None) -> tuple[int, int]:
+    """(all, idle) clock ticks the machine's CPUs have counted so far, from /proc/stat (or ``stat``, its
+    text): the share of idle ticks between two readings is how much of the machine sat unused.
+
+    The first line's columns are user, nice, system, idle, iowait, irq, softirq, steal, guest and
+    guest_nice; idle counts idle and iowait, and all counts the first eight (the kernel already
+    counts guest time in user and guest_nice in nice)."""
+    if stat is None:
+        stat = Path("/proc/stat").read_text()
+    ticks = [int(x) for x in stat.split("\n", 1)[0].split()[1:9]]
     return sum(ticks), ticks[3] + ticks[4]
 
 

@@ -526,6 +526,9 @@ def test_renice_all_ends_the_run_saying_why_when_the_kernel_refuses(monkeypatch)
 def test_machine_idle_counts_idle_ticks_among_all():
     from benchmarks.env import machine_idle
 
+    # user nice system idle iowait irq softirq steal guest guest_nice, then the per-CPU lines
+    stat = "cpu  100 20 30 400 5 6 7 8 90 10\ncpu0 50 10 15 200 2 3 3 4 45 5\nintr 1 2 3\n"
+    assert machine_idle(stat) == (576, 405)
     all0, idle0 = machine_idle()
     time.sleep(0.05)
     all1, idle1 = machine_idle()
