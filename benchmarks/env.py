@@ -105,6 +105,15 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def cpu_per_transaction(pid: int, before: tuple[float, float], transactions: float) -> tuple[float, float] | None:
+    """(user, system) CPU µs per transaction that ``pid`` (and its children) spent since ``before``, a
+    ``cpu_seconds(pid)`` reading; None when no transaction ran."""
+    if transactions <= 0:
+        return None
+    user, system = cpu_seconds(pid)
+    return (user - before[0]) / transactions * 1e6, (system - before[1]) / transactions * 1e6
+
+
 def renice(pid: int, nice: int) -> None:
     """Set the nice value of every thread of ``pid`` and of its child processes (lower: scheduled
     sooner; below 0 needs root or CAP_SYS_NICE)."""

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.env import BenchEnv, cpu_seconds, log, machine_idle, renice_all   # noqa: E402
+from benchmarks.env import BenchEnv, cpu_per_transaction, cpu_seconds, log, machine_idle, renice_all  # noqa: E402
 from benchmarks.parts_hooks import PARTS                # noqa: E402
 from benchmarks.suite import run_pgbench                # noqa: E402
 
@@ -124,14 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         pgbench = ["-n", "-S", "-M", args.mode, "-c", str(args.clients), "-j", "2", "-T", str(args.duration)]
         for i in range(args.repeat):
             for name in order:
-                u0, s0 = cpu_seconds(pids[name])
+                before = cpu_seconds(pids[name])
                 all0, idle0 = machine_idle()
                 rate = run_pgbench(targets[name], pgbench, timeout=args.duration * 5 + 60)
                 all1, idle1 = machine_idle()
-                u1, s1 = cpu_seconds(pids[name])
-                n = rate * args.duration
                 tps[name].append(rate)
-                cpu[name].append(((u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6))
+                cpu[name].append(cpu_per_transaction(pids[name], before, rate * args.duration)
+                                 or (float("nan"), float("nan")))     # no transaction ran
                 idle[name].append((idle1 - idle0) / max(1, all1 - all0))
                 log(f"#{i + 1} {name:22} {rate:9.1f} tps  user {cpu[name][-1][0]:5.1f} us/tx  "
                     f"system {cpu[name][-1][1]:5.1f} us/tx  machine idle {idle[name][-1] * 100:4.1f}%")

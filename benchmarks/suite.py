@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.env import DB, BenchEnv, cpu_seconds, log, pgbench_path, renice_all, rss_kb
+from benchmarks.env import DB, BenchEnv, cpu_per_transaction, cpu_seconds, log, pgbench_path, renice_all, rss_kb
 
 PATHS = ("direct", "pgbouncer", "pgwarden")
 NOREC = "pgwarden-norec"
@@ -308,9 +308,9 @@ def run(args) -> Results:
                     tps = run_pgbench(tenv, pg_args, timeout=args.duration * 4 + 120)
                     res.runs.setdefault(w.key, {}).setdefault(name, []).append(tps)
                     cpu = ""
-                    if before is not None and tps > 0:
-                        n = tps * args.duration
-                        used = [round((a - b) / n * 1e6, 2) for a, b in zip(cpu_seconds(pid), before)]
+                    per_tx = cpu_per_transaction(pid, before, tps * args.duration) if before else None
+                    if per_tx is not None:
+                        used = [round(x, 2) for x in per_tx]
                         res.cpu.setdefault(w.key, {}).setdefault(name, []).append(used)
                         cpu = f"  proxy CPU {used[0]:6.1f} + {used[1]:6.1f} us/tx"
                     log(f"{w.key:26} #{rep + 1} {name:9} {tps:10.1f} tps{cpu}")

@@ -463,6 +463,18 @@ def test_cpu_seconds_counts_a_process_and_its_children(tmp_path):
         parent.wait()
 
 
+def test_cpu_per_transaction_divides_what_the_process_spent_since_a_reading():
+    from benchmarks.env import cpu_per_transaction, cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    t = time.process_time()
+    while time.process_time() - t < 0.3:
+        pass
+    user, system = cpu_per_transaction(os.getpid(), before, 1000)
+    assert 250 <= user + system <= 2000       # 0.3 s of CPU over 1,000 transactions: about 300 µs each
+    assert cpu_per_transaction(os.getpid(), before, 0) is None
+
+
 def test_parts_table_gives_medians_and_ratios_to_pgbouncer():
     from benchmarks.parts import table
 
